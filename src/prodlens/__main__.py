@@ -1,0 +1,7 @@
+"""``python -m prodlens`` runs the ``prodlens`` command."""
+
+import sys
+
+from prodlens.cli import main
+
+sys.exit(main())

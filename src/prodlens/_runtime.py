@@ -1,0 +1,114 @@
+"""The process-wide runtime: the effective settings and the cohort-cardinality limiter.
+
+Settings are process-wide because identity is normalised where the application calls
+``identify()``, which knows nothing of tracer providers; span processors are per provider and
+read the runtime on every span, so ``configure()`` or the instrumentor's ``_uninstrument`` take
+effect at once. This holds no per-request state.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from prodlens import attributes
+from prodlens._safety import log_once
+from prodlens.config import Settings
+
+
+class CohortLimiter:
+    """Bounds the distinct values per cohort name, and the number of cohort names.
+
+    A value seen before passes at the cost of two dict/set look-ups; a new value past
+    ``max_values`` becomes ``__other__`` (logged once, naming the setting).
+    """
+
+    def __init__(self, max_values: int, max_names: int) -> None:
+        self._max_values = max_values
+        self._max_names = max_names
+        self._seen: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, name: str, value: str) -> str | None:
+        """The value to record for ``name``: itself, ``__other__``, or None to drop the name."""
+        values = self._seen.get(name)
+        if values is not None and value in values:
+            return value
+        with self._lock:
+            values = self._seen.get(name)
+            if values is None:
+                if len(self._seen) >= self._max_names:
+                    log_once(
+                        "limit:names", logging.WARNING,
+                        "prodlens: more than %d cohort names in this process; cohort %r and "
+                        "further new names are dropped. Raise PRODLENS_MAX_COHORTS to allow more.",
+                        self._max_names, name,
+                    )
+                    return None
+                values = self._seen[name] = set()
+            if value in values:
+                return value
+            if len(values) >= self._max_values:
+                log_once(
+                    f"limit:values:{name}", logging.WARNING,
+                    "prodlens: cohort %r has reached %d distinct values in this process; new "
+                    "values are recorded as %r. Raise PRODLENS_MAX_COHORT_VALUES to allow more.",
+                    name, self._max_values, attributes.OTHER_VALUE,
+                )
+                return attributes.OTHER_VALUE
+            values.add(value)
+            return value
+
+
+@dataclass
+class Runtime:
+    """What every prodlens component reads at request time."""
+
+    settings: Settings
+    limiter: CohortLimiter
+    #: False after the instrumentor's ``_uninstrument``: processors become inert.
+    active: bool = True
+    generation: int = 0
+    configured: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def enabled(self) -> bool:
+        return self.active and self.settings.enabled
+
+
+def _make(settings: Settings, generation: int, configured: bool) -> Runtime:
+    return Runtime(
+        settings=settings,
+        limiter=CohortLimiter(settings.max_cohort_values, settings.max_cohorts),
+        generation=generation,
+        configured=configured,
+    )
+
+
+_current: Runtime = _make(Settings(), 0, configured=False)
+
+
+def current() -> Runtime:
+    """The runtime in force (defaults until ``configure()`` or the instrumentor ran)."""
+    return _current
+
+
+def install(settings: Settings) -> Runtime:
+    """Make ``settings`` the process's settings; keeps the limiter when its bounds are unchanged."""
+    global _current
+    old = _current
+    runtime = _make(settings, old.generation + 1, configured=True)
+    if (
+        old.settings.max_cohort_values == settings.max_cohort_values
+        and old.settings.max_cohorts == settings.max_cohorts
+    ):
+        runtime.limiter = old.limiter
+    _current = runtime
+    return runtime
+
+
+def set_active(active: bool) -> None:
+    """Turn every prodlens processor on or off without touching the providers."""
+    _current.active = active

@@ -1,0 +1,76 @@
+"""The ``prodlens`` command: ``config``, ``slice``, ``affected``, ``demo``.
+
+Sub-commands live with what they drive; this module only dispatches, importing each lazily so
+``prodlens config`` works with the core install alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _add_config_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "config",
+        help="print the effective configuration read from the environment",
+        description="Print every PRODLENS_* setting, its value and where it came from. Exits 2 "
+        "with the error when the configuration is invalid.",
+    )
+    parser.set_defaults(handler=_run_config)
+
+
+def _run_config(args: argparse.Namespace) -> int:
+    from prodlens.config import ConfigError, load_settings
+
+    try:
+        settings = load_settings()
+    except ConfigError as error:
+        print(f"prodlens: invalid configuration: {error}", file=sys.stderr)
+        return 2
+    rows = settings.describe()
+    width = max(len(env) for env, _, _ in rows)
+    value_width = min(40, max(len(value) for _, value, _ in rows))
+    for env, value, origin in rows:
+        print(f"{env:<{width}}  {value:<{value_width}}  {origin}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``prodlens`` command."""
+    parser = argparse.ArgumentParser(
+        prog="prodlens",
+        description="Find which subgroup of customers is failing, and who was affected.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_config_command(subparsers)
+    try:
+        from prodlens.analysis.commands import add_commands as add_analysis_commands
+    except ImportError:  # analysis not built or extra missing: commands say so when run
+        add_analysis_commands = None
+    if add_analysis_commands is not None:
+        add_analysis_commands(subparsers)
+    try:
+        from prodlens.demo.commands import add_commands as add_demo_commands
+    except ImportError:
+        add_demo_commands = None
+    if add_demo_commands is not None:
+        add_demo_commands(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``prodlens`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    status: int = handler(args)
+    return status
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

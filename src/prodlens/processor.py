@@ -1,0 +1,60 @@
+"""The span processor: the only thing that writes identity onto spans.
+
+On start it stamps the span with the current identity in one ``set_attributes`` call (the
+attribute dict is built once per identity, not per span) and remembers the span while it is
+open, so a late ``identify()`` can tag it as an ancestor.
+
+Example::
+
+    from opentelemetry.sdk.trace import TracerProvider
+    import prodlens
+
+    provider = TracerProvider()
+    prodlens.configure(provider)  # adds ProdlensSpanProcessor once per provider
+"""
+
+from __future__ import annotations
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+
+from prodlens import _runtime
+from prodlens._open_spans import OPEN_SPANS
+from prodlens._safety import internal_error
+from prodlens.identity import SCOPE
+
+__all__ = ["ProdlensSpanProcessor"]
+
+
+class ProdlensSpanProcessor(SpanProcessor):
+    """Stamps every span with the current identity and tracks open spans (bounded).
+
+    Inert while prodlens is disabled (``PRODLENS_ENABLED=false`` or after the instrumentor's
+    ``uninstrument()``): the SDK cannot detach a processor, so this one checks on every span.
+    """
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        try:
+            runtime = _runtime._current
+            if not (runtime.active and runtime.settings.enabled):
+                return
+            OPEN_SPANS.add(span, runtime.settings.max_open_spans)
+            scope = SCOPE.get()
+            if scope is not None:
+                identity = scope.identity
+                if identity is not None and identity.attributes:
+                    span.set_attributes(identity.attributes)
+        except Exception as error:
+            internal_error("span start", error)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        try:
+            OPEN_SPANS.discard(span)
+        except Exception as error:
+            internal_error("span end", error)
+
+    def shutdown(self) -> None:
+        return None
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True

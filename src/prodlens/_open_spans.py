@@ -27,14 +27,16 @@ class OpenSpans:
     """Open spans by span id; bounded, thread-safe for CPython's atomic dict operations."""
 
     def __init__(self) -> None:
-        self._spans: dict[int, Span] = {}
+        #: span id -> open span. The processor writes it directly on the hot path.
+        self.table: dict[int, Span] = {}
+        self._spans = self.table
         self._lock = threading.Lock()
 
     def add(self, span: Span, limit: int) -> None:
         spans = self._spans
         spans[span.context.span_id] = span
         if len(spans) > limit:
-            self._evict(limit)
+            self.evict(limit)
 
     def discard(self, span: ReadableSpan) -> None:
         context = span.context
@@ -47,7 +49,8 @@ class OpenSpans:
     def __len__(self) -> int:
         return len(self._spans)
 
-    def _evict(self, limit: int) -> None:
+    def evict(self, limit: int) -> None:
+        """Forget the oldest spans once more than ``limit`` are open."""
         with self._lock:
             spans = self._spans
             excess = len(spans) - limit
@@ -79,8 +82,8 @@ def tag_open_ancestors(
 
     Stops at the local root (a parent that is remote or unknown), at ``boundary`` (the span
     that was current when a ``tag()`` scope opened: identity set inside that scope never reaches
-    above it), at a span that already ended, and leaves alone a span that already carries a
-    different customer.
+    above it), at a span that already ended, and at an ancestor that already carries a different
+    customer (left as it is). The current span itself always takes the new identity.
     """
     span: Span | None = start
     depth = 0
@@ -91,9 +94,10 @@ def tag_open_ancestors(
             return
         if span.end_time is not None:
             return
-        existing = span.attributes.get(customer_attribute) if span.attributes else None
-        if customer is not None and existing is not None and existing != customer:
-            return  # this span and those above it belong to another customer's scope
+        if depth > 0 and customer is not None and span.attributes:
+            existing = span.attributes.get(customer_attribute)
+            if existing is not None and existing != customer:
+                return  # this ancestor, and those above it, belong to another customer's scope
         span.set_attributes(stamp)
         parent = span.parent
         if parent is None or parent.is_remote or parent.span_id == INVALID_SPAN_ID:

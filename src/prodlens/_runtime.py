@@ -72,10 +72,18 @@ class Runtime:
     generation: int = 0
     configured: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    #: ``active and settings.enabled``, precomputed for the per-span check.
+    on: bool = True
+    #: ``settings.max_open_spans``, copied for the per-span check.
+    max_open_spans: int = 20000
+
+    def __post_init__(self) -> None:
+        self.on = self.active and self.settings.enabled
+        self.max_open_spans = self.settings.max_open_spans
 
     @property
     def enabled(self) -> bool:
-        return self.active and self.settings.enabled
+        return self.on
 
 
 def _make(settings: Settings, generation: int, configured: bool) -> Runtime:
@@ -96,15 +104,9 @@ def current() -> Runtime:
 
 
 def install(settings: Settings) -> Runtime:
-    """Make ``settings`` the process's settings; keeps the limiter when its bounds are unchanged."""
+    """Make ``settings`` the process's settings, with a fresh cardinality limiter."""
     global _current
-    old = _current
-    runtime = _make(settings, old.generation + 1, configured=True)
-    if (
-        old.settings.max_cohort_values == settings.max_cohort_values
-        and old.settings.max_cohorts == settings.max_cohorts
-    ):
-        runtime.limiter = old.limiter
+    runtime = _make(settings, _current.generation + 1, configured=True)
     _current = runtime
     return runtime
 
@@ -112,3 +114,4 @@ def install(settings: Settings) -> Runtime:
 def set_active(active: bool) -> None:
     """Turn every prodlens processor on or off without touching the providers."""
     _current.active = active
+    _current.on = active and _current.settings.enabled

@@ -13,6 +13,7 @@ never cut in half: what does not fit is left out (logged once).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from typing import Final
 from urllib.parse import quote, unquote
@@ -40,7 +41,9 @@ MAX_HEADER_BYTES: Final = 8192
 _PRODLENS_PREFIX: Final = "prodlens."
 #: Inbound headers are read on at most this many characters (bounded work on hostile input).
 _MAX_INBOUND_CHARS: Final = 2 * MAX_HEADER_BYTES
-_SAFE: Final = "!#$&'*+-.^_`|~:/?@[]"
+#: W3C baggage: keys are RFC 7230 tokens; values are baggage-octets (percent-encoded beyond).
+_TOKEN_RE: Final = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,256}$")
+_VALUE_RE: Final = re.compile(r"^[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*$")
 
 
 def identity_members(identity: Identity) -> list[tuple[str, str]]:
@@ -79,11 +82,11 @@ def parse_header(header: str | Iterable[str] | None) -> dict[str, str]:
             break
         member = raw.split(";", 1)[0]
         key, sep, value = member.partition("=")
-        key = key.strip()
-        if not sep or not key or any(ch.isspace() or ord(ch) > 126 for ch in key):
+        key, value = key.strip(), value.strip()
+        if not sep or not _TOKEN_RE.match(key) or not _VALUE_RE.match(value):
             continue
         try:
-            members[key] = unquote(value.strip(), errors="strict")
+            members[key] = unquote(value, errors="strict")
         except UnicodeDecodeError:
             continue
     return members

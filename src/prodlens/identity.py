@@ -107,8 +107,9 @@ def build(
     prefix = settings.cohort_prefix
     for name, value in cohorts.items():
         stamp[prefix + name] = value
-    return Identity(customer, MappingProxyType(dict(cohorts)), pseudonymous,
-                    MappingProxyType(stamp))
+    # A plain dict (not a read-only proxy): the SDK iterates it for every span, and a dict is
+    # the fastest to iterate. Identity never hands it out for mutation.
+    return Identity(customer, MappingProxyType(dict(cohorts)), pseudonymous, stamp)
 
 
 def normalize_customer(value: object, *, already_pseudonymous: bool = False) -> tuple[str | None,

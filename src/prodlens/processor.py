@@ -23,7 +23,15 @@ from prodlens._open_spans import OPEN_SPANS
 from prodlens._safety import internal_error
 from prodlens.identity import SCOPE
 
-__all__ = ["ProdlensSpanProcessor"]
+__all__ = ["ProdlensSpanProcessor", "open_span_count"]
+
+_OPEN = OPEN_SPANS.table
+_SCOPE_GET = SCOPE.get
+
+
+def open_span_count() -> int:
+    """How many spans prodlens currently remembers as open (bounded by PRODLENS_MAX_OPEN_SPANS)."""
+    return len(OPEN_SPANS)
 
 
 class ProdlensSpanProcessor(SpanProcessor):
@@ -36,10 +44,14 @@ class ProdlensSpanProcessor(SpanProcessor):
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         try:
             runtime = _runtime._current
-            if not (runtime.active and runtime.settings.enabled):
+            if not runtime.on:
                 return
-            OPEN_SPANS.add(span, runtime.settings.max_open_spans)
-            scope = SCOPE.get()
+            # Inlined OpenSpans.add: this is the hot path of every span.
+            open_spans = _OPEN
+            open_spans[span.context.span_id] = span
+            if len(open_spans) > runtime.max_open_spans:
+                OPEN_SPANS.evict(runtime.max_open_spans)
+            scope = _SCOPE_GET()
             if scope is not None:
                 identity = scope.identity
                 if identity is not None and identity.attributes:
@@ -49,7 +61,7 @@ class ProdlensSpanProcessor(SpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         try:
-            OPEN_SPANS.discard(span)
+            _OPEN.pop(span.context.span_id, None)
         except Exception as error:
             internal_error("span end", error)
 

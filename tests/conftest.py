@@ -1,0 +1,71 @@
+"""Shared fixtures: a real SDK tracer provider with an in-memory exporter, configured by prodlens.
+
+Settings are process-wide in prodlens, so every test that tags spans configures them afresh
+(hermetic: an explicit, empty environment unless the test passes one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Tracer
+
+import prodlens
+
+
+@dataclass
+class Traced:
+    provider: TracerProvider
+    exporter: InMemorySpanExporter
+    tracer: Tracer
+
+    def spans(self) -> list[ReadableSpan]:
+        return list(self.exporter.get_finished_spans())
+
+    def by_name(self) -> dict[str, dict[str, object]]:
+        return {s.name: dict(s.attributes or {}) for s in self.spans()}
+
+
+def make_traced(**settings: object) -> Traced:
+    provider = TracerProvider()
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    prodlens.configure(provider, environ={}, metrics=False, **settings)  # type: ignore[arg-type]
+    return Traced(provider, exporter, provider.get_tracer("tests"))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_identity_context() -> Iterator[None]:
+    """Each test starts with no identity, whatever an earlier test did outside any scope."""
+    from prodlens.identity import SCOPE
+
+    token = SCOPE.set(None)
+    yield
+    SCOPE.reset(token)
+
+
+@pytest.fixture
+def traced() -> Iterator[Traced]:
+    result = make_traced()
+    yield result
+    result.provider.shutdown()
+
+
+@pytest.fixture
+def traced_with() -> Iterator[object]:
+    """A factory: ``traced_with(max_cohort_values=2)`` configures prodlens with those settings."""
+    made: list[Traced] = []
+
+    def factory(**settings: object) -> Traced:
+        result = make_traced(**settings)
+        made.append(result)
+        return result
+
+    yield factory
+    for result in made:
+        result.provider.shutdown()

@@ -1,0 +1,162 @@
+"""The span processor: stamping at start, late identification of open ancestors, bounds."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+from opentelemetry import trace
+from opentelemetry.instrumentation.requests import RequestsInstrumentor
+from opentelemetry.instrumentation.sqlite3 import SQLite3Instrumentor
+from opentelemetry.trace import SpanKind
+
+import prodlens
+from prodlens.processor import open_span_count
+
+ACME = {"enduser.id": "acme", "prodlens.cohort.plan": "pro"}
+
+
+def test_late_identify_tags_open_server_span_and_ancestors_not_ended_siblings(traced):
+    from prodlens.identity import close_scope, open_scope
+
+    tracer = traced.tracer
+    request_scope = open_scope(None, isolate_ancestors=False)  # as an integration opens it
+    with tracer.start_as_current_span("server", kind=SpanKind.SERVER):
+        with tracer.start_as_current_span("auth-query"):
+            pass  # ends before the user is known: stays untagged
+        with tracer.start_as_current_span("middleware"):
+            with tracer.start_as_current_span("view"):
+                prodlens.identify("acme", plan="pro")
+                with tracer.start_as_current_span("db"):
+                    pass
+            with tracer.start_as_current_span("after-view"):
+                pass
+    close_scope(request_scope)
+    assert prodlens.current() is None
+    assert traced.by_name() == {
+        "auth-query": {},
+        "db": ACME,
+        "view": ACME,
+        "after-view": ACME,
+        "middleware": ACME,
+        "server": ACME,
+    }
+
+
+def test_tag_scope_never_reaches_its_parent(traced):
+    tracer = traced.tracer
+    with tracer.start_as_current_span("batch"):
+        for customer in ("a", "b"):
+            with prodlens.tag(customer), tracer.start_as_current_span(f"item-{customer}"):
+                prodlens.identify(plan="pro")  # inside the item: must not climb to "batch"
+    names = traced.by_name()
+    assert names["batch"] == {}
+    assert names["item-a"] == {"enduser.id": "a", "prodlens.cohort.plan": "pro"}
+    assert names["item-b"] == {"enduser.id": "b", "prodlens.cohort.plan": "pro"}
+
+
+def test_ancestor_with_a_different_customer_is_left_alone(traced):
+    tracer = traced.tracer
+    with prodlens.tag("acme"), tracer.start_as_current_span("parent"):
+        with prodlens.tag():
+            pass
+        with tracer.start_as_current_span("child"):
+            # a new, unscoped context: identify() opens a scope here and climbs up
+            token = trace.get_current_span()
+            assert token.is_recording()
+            prodlens.identify("globex")
+    names = traced.by_name()
+    assert names["parent"] == {"enduser.id": "acme"}
+    assert names["child"] == {"enduser.id": "globex"}
+
+
+def test_spans_from_a_real_instrumentation_carry_identity(traced):
+    instrumentor = SQLite3Instrumentor()
+    instrumentor.instrument(tracer_provider=traced.provider)
+    try:
+        with prodlens.tag("acme", plan="pro"):
+            connection = sqlite3.connect(":memory:")
+            connection.cursor().execute("create table t (x int)")
+            connection.close()
+    finally:
+        instrumentor.uninstrument()
+    db_spans = [s for s in traced.spans() if s.kind is SpanKind.CLIENT]
+    assert db_spans, "the sqlite3 instrumentation produced no span"
+    for span in db_spans:
+        assert {k: v for k, v in span.attributes.items() if k in ACME} == ACME
+
+
+class _Ok(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def loopback_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def test_requests_instrumentation_span_is_tagged(traced, loopback_server):
+    instrumentor = RequestsInstrumentor()
+    instrumentor.instrument(tracer_provider=traced.provider)
+    try:
+        with prodlens.tag("acme", plan="pro"):
+            assert requests.get(loopback_server, timeout=5).text == "ok"
+    finally:
+        instrumentor.uninstrument()
+    (span,) = traced.spans()
+    assert span.kind is SpanKind.CLIENT
+    assert {k: v for k, v in span.attributes.items() if k in ACME} == ACME
+
+
+def test_open_span_bookkeeping_is_bounded(traced_with):
+    traced = traced_with(max_open_spans=64)
+    leaked = [traced.tracer.start_span(f"never-ended-{i}") for i in range(5000)]
+    assert open_span_count() <= 64
+    for span in leaked:
+        span.end()
+    assert open_span_count() == 0
+
+
+def test_ended_spans_are_forgotten(traced):
+    with traced.tracer.start_as_current_span("a"):
+        assert open_span_count() == 1
+    assert open_span_count() == 0
+
+
+def test_disabled_prodlens_touches_nothing(traced_with):
+    traced = traced_with(enabled=False)
+    with prodlens.tag("acme"), traced.tracer.start_as_current_span("s"):
+        prodlens.identify(plan="x")
+    assert traced.by_name() == {"s": {}}
+
+
+def test_configure_is_idempotent_per_provider(traced):
+    from opentelemetry.sdk.trace import TracerProvider
+
+    def prodlens_processors(provider: TracerProvider) -> int:
+        # The SDK offers no public list of processors; this reads its multi-processor.
+        processors = provider._active_span_processor._span_processors
+        return sum(isinstance(p, prodlens.ProdlensSpanProcessor) for p in processors)
+
+    prodlens.configure(traced.provider, environ={}, metrics=False)
+    prodlens.configure(traced.provider, environ={}, metrics=False)
+    assert prodlens_processors(traced.provider) == 1
+    other = TracerProvider()
+    prodlens.configure(other, environ={}, metrics=False)
+    assert prodlens_processors(other) == 1

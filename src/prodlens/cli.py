@@ -18,12 +18,17 @@ def _add_config_command(subparsers: argparse._SubParsersAction[argparse.Argument
         description="Print every PRODLENS_* setting, its value and where it came from. Exits 2 "
         "with the error when the configuration is invalid.",
     )
+    parser.add_argument("--markdown", action="store_true",
+                        help="print the reference table of every variable (for the docs)")
     parser.set_defaults(handler=_run_config)
 
 
 def _run_config(args: argparse.Namespace) -> int:
-    from prodlens.config import ConfigError, load_settings
+    from prodlens.config import ConfigError, load_settings, reference_markdown
 
+    if args.markdown:
+        print(reference_markdown(), end="")
+        return 0
     try:
         settings = load_settings()
     except ConfigError as error:

@@ -454,6 +454,24 @@ def load_settings(
     return settings
 
 
+def reference_markdown() -> str:
+    """The configuration reference table (docs/configuration.md is generated from it)."""
+    lines = [
+        "| Variable | Type | Default | Example | Meaning |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for param in PARAMETERS:
+        default = f"`{param.default}`" if param.default else "(empty)"
+        lines.append(
+            f"| `{param.env}` | {param.type} | {default} | `{param.example}` | {param.doc} |"
+        )
+    lines.append(
+        "| `PRODLENS_COHORT_<NAME>_FROM` | sources | (none) | `jwt:plan,header:x-plan` | "
+        + COHORT_SOURCE_DOC + " |"
+    )
+    return "\n".join(lines) + "\n"
+
+
 def settings_fields() -> list[str]:
     """Names of the :class:`Settings` fields (for docs and tests)."""
     return [f.name for f in fields(Settings) if f.name != "origins"]

@@ -1,0 +1,162 @@
+"""``ProdlensInstrumentor``: zero-code set-up under ``opentelemetry-instrument``.
+
+Registered as the ``prodlens`` entry point of ``opentelemetry_instrumentor``, so this is all a
+service needs (with ``opentelemetry-distro`` and an exporter installed)::
+
+    export OTEL_SERVICE_NAME=shop
+    export OTEL_TRACES_EXPORTER=otlp
+    export PRODLENS_CUSTOMER_FROM=jwt:sub,header:x-customer-id
+    export PRODLENS_COHORT_PLAN_FROM=jwt:plan
+    opentelemetry-instrument python app.py
+
+``_instrument`` reads the ``PRODLENS_*`` settings, attaches the prodlens span processor to the
+tracer provider (``tracer_provider=`` or the global SDK provider) and patches every supported
+framework through wrapt post-import hooks, whether it is imported before or after prodlens.
+It never raises: a configuration error is logged once and prodlens stands down, so the other
+instrumentors still load. ``_uninstrument`` removes every patch and makes the processor inert
+(the SDK cannot detach a processor). Disable it with
+``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=prodlens``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Collection, Mapping
+from types import ModuleType
+from typing import Any, Final
+
+from opentelemetry import trace
+from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
+    BaseInstrumentor,
+)
+from opentelemetry.sdk.trace import TracerProvider
+
+from prodlens import _configure, _runtime
+from prodlens._safety import internal_error, log_once, logger
+from prodlens.config import ConfigError, load_settings
+from prodlens.integrations import _patching
+
+__all__ = ["INTEGRATIONS", "ProdlensInstrumentor"]
+
+#: Every integration module, in patching order. Each exposes ``TARGET`` and ``patch(module)``,
+#: or ``PATCHES``, a sequence of (target module, patch function). Missing modules are skipped.
+INTEGRATIONS: Final = (
+    "prodlens.integrations.flask",
+    "prodlens.integrations.django",
+    "prodlens.integrations.outbound",
+    "prodlens.integrations.asgi",
+    "prodlens.integrations.starlette",
+    "prodlens.integrations.celery",
+    "prodlens.integrations.openfeature",
+)
+
+Patch = Callable[[ModuleType], None]
+
+
+def _targets(module: ModuleType) -> list[tuple[str, Patch]]:
+    patches = getattr(module, "PATCHES", None)
+    if patches is not None:
+        return [(str(target), hook) for target, hook in patches]
+    target, hook = getattr(module, "TARGET", None), getattr(module, "patch", None)
+    if isinstance(target, str) and callable(hook):
+        return [(target, hook)]
+    return []
+
+
+def _register(name: str) -> None:
+    """Register the post-import patches of integration module ``name``; a missing or broken
+    integration is skipped (logged) and never stops the others."""
+    try:
+        module = importlib.import_module(name)
+    except ImportError as error:
+        logger.debug("prodlens: integration %s is not available (%s)", name, error)
+        return
+    except Exception as error:
+        internal_error(f"loading {name}", error)
+        return
+    for target, hook in _targets(module):
+        try:
+            _patching.on_import(target, hook)
+        except Exception as error:
+            internal_error(f"registering {name}", error)
+
+
+def _attach_later(wrapped: Any, instance: Any, args: tuple[Any, ...],
+                  kwargs: dict[str, Any]) -> Any:
+    """After the app sets the global provider itself, attach prodlens to it."""
+    result = wrapped(*args, **kwargs)
+    try:
+        provider = args[0] if args else kwargs.get("tracer_provider")
+        runtime = _runtime.current()
+        if runtime.enabled and isinstance(provider, TracerProvider):
+            _configure.attach(provider, runtime.settings)
+    except Exception as error:
+        internal_error("attaching to the tracer provider", error)
+    return result
+
+
+class ProdlensInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """Tags every span with the customer and cohorts, from configuration alone.
+
+    ``instrument()`` accepts ``tracer_provider=`` (default: the global SDK provider) and
+    ``environ=`` (read settings from this mapping instead of ``os.environ``; without it, settings
+    an application already gave ``prodlens.configure()`` are kept).
+
+    Example::
+
+        from opentelemetry.sdk.trace import TracerProvider
+        from prodlens.instrumentor import ProdlensInstrumentor
+
+        provider = TracerProvider()
+        ProdlensInstrumentor().instrument(tracer_provider=provider)
+        ...
+        ProdlensInstrumentor().uninstrument()
+    """
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        # No ``instruments`` extra: each integration checks its framework's presence itself.
+        return []
+
+    def _instrument(self, **kwargs: Any) -> None:
+        try:
+            self._install(kwargs.get("tracer_provider"), kwargs.get("environ"))
+        except Exception as error:  # never stop the other instrumentors from loading
+            internal_error("ProdlensInstrumentor.instrument", error)
+
+    def _install(self, provider: object, environ: Mapping[str, str] | None) -> None:
+        runtime = _runtime.current()
+        if environ is not None or not runtime.configured:
+            try:
+                settings = load_settings(environ)
+            except ConfigError as error:
+                log_once("instrumentor-config-error", logging.ERROR,
+                         "prodlens: %s. prodlens is not active; the application runs untagged.",
+                         error)
+                _runtime.set_active(False)
+                return
+            _runtime.install(settings)
+        _runtime.set_active(True)
+        settings = _runtime.current().settings
+        if not settings.enabled:
+            logger.debug("prodlens: PRODLENS_ENABLED=false; nothing is patched")
+            return
+        if provider is None:
+            provider = trace.get_tracer_provider()
+            if not isinstance(provider, TracerProvider):
+                # No SDK yet (no configurator ran): attach when the app sets one.
+                _patching.on_import("opentelemetry.trace", self._hook_set_provider)
+        _configure.attach(provider, settings)
+        for name in INTEGRATIONS:
+            _register(name)
+
+    @staticmethod
+    def _hook_set_provider(module: ModuleType) -> None:
+        _patching.wrap(module, "set_tracer_provider", _attach_later)
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        try:
+            _patching.unpatch_all()
+            _runtime.set_active(False)
+        except Exception as error:
+            internal_error("ProdlensInstrumentor.uninstrument", error)

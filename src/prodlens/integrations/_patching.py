@@ -1,0 +1,103 @@
+"""One registry of every patch prodlens applied, so uninstrumenting removes exactly those.
+
+Integrations wrap with :func:`wrap` (wrapt's ``wrap_function_wrapper``) and never unwrap by
+hand: ``unpatch_all()`` walks the registry, so the wrap and unwrap lists cannot drift apart.
+Post-import hooks (wrapt) patch a framework whenever it is imported, before or after prodlens.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import wrapt
+
+from prodlens._safety import internal_error
+
+__all__ = ["on_import", "on_unpatch", "patched", "unpatch_all", "wrap"]
+
+Wrapper = Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]
+
+_lock = threading.RLock()
+_patches: list[tuple[Any, str, Any]] = []  # (owner, attribute, original)
+_hooks: dict[str, Callable[[ModuleType], None]] = {}
+#: Undo actions that are not attribute wraps (signal receivers, registered hooks).
+_undo: list[Callable[[], None]] = []
+_active = False
+
+
+def wrap(owner: Any, attribute: str, wrapper: Wrapper) -> None:
+    """Wrap ``owner.attribute`` with a wrapt ``wrapper(wrapped, instance, args, kwargs)``,
+    once; recorded for :func:`unpatch_all`."""
+    with _lock:
+        for patched_owner, patched_attribute, _ in _patches:
+            if patched_owner is owner and patched_attribute == attribute:
+                return
+        original = owner.__dict__[attribute] if attribute in vars(owner) else getattr(
+            owner, attribute)
+        wrapt.wrap_function_wrapper(owner, attribute, wrapper)
+        _patches.append((owner, attribute, original))
+
+
+def patched(owner: Any, attribute: str) -> bool:
+    """True if prodlens has wrapped ``owner.attribute``."""
+    with _lock:
+        return any(o is owner and a == attribute for o, a, _ in _patches)
+
+
+def on_unpatch(callback: Callable[[], None]) -> None:
+    """Run ``callback`` in :func:`unpatch_all`: the undo of a patch that is not an attribute
+    wrap (a connected signal receiver, a globally registered hook). Registered once per
+    callback; record it when the patch is made, so the patch and its undo cannot drift apart."""
+    with _lock:
+        if callback not in _undo:
+            _undo.append(callback)
+
+
+def unpatch_all() -> None:
+    """Restore every attribute :func:`wrap` replaced, newest first, run every
+    :func:`on_unpatch` callback, and deactivate hooks."""
+    global _active
+    with _lock:
+        _active = False
+        while _undo:
+            callback = _undo.pop()
+            try:
+                callback()
+            except Exception as error:  # one failing undo must not block the others
+                internal_error("unpatching", error)
+        while _patches:
+            owner, attribute, original = _patches.pop()
+            setattr(owner, attribute, original)
+
+
+def _run_hook(name: str, module: ModuleType) -> None:
+    hook = _hooks.get(name)
+    if hook is None or not _active:
+        return
+    try:
+        hook(module)
+    except Exception as error:  # patching must never break the import of the framework
+        internal_error(f"patching {name}", error)
+
+
+def on_import(module_name: str, hook: Callable[[ModuleType], None]) -> None:
+    """Call ``hook(module)`` when ``module_name`` is imported (at once if it already is),
+    while prodlens is instrumenting."""
+    global _active
+    with _lock:
+        _active = True
+        first = module_name not in _hooks
+        _hooks[module_name] = hook
+    if first:
+        wrapt.register_post_import_hook(
+            lambda module: _run_hook(module_name, module), module_name
+        )
+    else:
+        import sys
+
+        module = sys.modules.get(module_name)
+        if module is not None:
+            _run_hook(module_name, module)

@@ -1,0 +1,220 @@
+"""Outbound propagation: identity in the outgoing W3C ``baggage`` header, for allowlisted hosts.
+
+Off by default. ``PRODLENS_PROPAGATE_TO`` lists destination patterns, matched against the host of
+the request URL as written (no DNS lookup):
+
+- host globs (``fnmatch``, case-insensitive): ``*.internal``, ``api.example.com``,
+  ``localhost`` (the *name* ``localhost``; ``127.0.0.1`` is not it);
+- CIDR ranges, matched by hosts written as IP literals: ``10.0.0.0/8``, ``127.0.0.0/8``;
+- ``*``: every destination.
+
+For a matching destination the prodlens members (``prodlens.customer``,
+``prodlens.cohort.<name>``) are merged into the ``baggage`` header that is about to be sent,
+keeping every other member. They are added at the transport, below the OpenTelemetry client
+instrumentations (which rewrite ``baggage`` from the context): urllib3's
+``HTTPConnection.request`` (so ``requests`` and ``urllib3``), httpcore's connection pools (so
+``httpx``, sync and async) and aiohttp's ``ClientRequest.send``. Every other destination gets no
+prodlens member, not even one this service received in inbound baggage::
+
+    export PRODLENS_PROPAGATE_TO='*.internal,10.0.0.0/8,localhost'
+
+Identity is put into OpenTelemetry's own baggage (so gRPC or messaging propagators carry it) by
+no integration: with ``*`` the HTTP clients above already send it everywhere, and putting it in
+the context would hand it to every propagator and every third-party API, which is the trade-off
+``*`` already accepts for HTTP; keep lists explicit where you can.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from prodlens import _runtime
+from prodlens._safety import internal_error
+from prodlens.baggage import merge_header
+from prodlens.identity import current
+from prodlens.integrations import _patching
+from prodlens.integrations._sources import strip_prodlens_members
+
+__all__ = ["PATCHES", "baggage_for", "host_matches"]
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_compiled: dict[tuple[str, ...], tuple[bool, tuple[str, ...], tuple[IPNetwork, ...]]] = {}
+
+
+def _compile(patterns: tuple[str, ...]) -> tuple[bool, tuple[str, ...], tuple[IPNetwork, ...]]:
+    cached = _compiled.get(patterns)
+    if cached is None:
+        globs = tuple(p for p in patterns if "/" not in p)
+        networks = tuple(ipaddress.ip_network(p, strict=False) for p in patterns if "/" in p)
+        cached = ("*" in globs, globs, networks)
+        if len(_compiled) > 16:
+            _compiled.clear()
+        _compiled[patterns] = cached
+    return cached
+
+
+def host_matches(host: str | None, patterns: tuple[str, ...]) -> bool:
+    """True if ``host`` (as written in the URL) matches one of ``patterns``; no DNS lookup.
+
+    Example::
+
+        >>> host_matches("api.internal", ("*.internal",))
+        True
+        >>> host_matches("127.0.0.1", ("localhost",))
+        False
+        >>> host_matches("127.0.0.1", ("127.0.0.0/8",))
+        True
+    """
+    if not host or not patterns:
+        return False
+    everything, globs, networks = _compile(patterns)
+    if everything:
+        return True
+    name = host.strip("[]").rstrip(".").lower()
+    if networks:
+        try:
+            address = ipaddress.ip_address(name)
+        except ValueError:
+            address = None
+        if address is not None:
+            return any(address.version == n.version and address in n for n in networks)
+    return any(fnmatch.fnmatchcase(name, glob) for glob in globs)
+
+
+def baggage_for(host: str | None, existing: str | None) -> str | None:
+    """The ``baggage`` header to send to ``host``, or None to leave it as it is.
+
+    Matching host with an identity in force: ``existing`` merged with the identity. Other hosts:
+    ``existing`` without prodlens members (only when it had some).
+    """
+    runtime = _runtime.current()
+    if not runtime.enabled:
+        return None
+    if host_matches(host, runtime.settings.propagate_to):
+        identity = current()
+        if identity is None or (identity.customer is None and not identity.cohorts):
+            return None
+        return merge_header(existing, identity)
+    if existing and "prodlens." in existing:
+        return strip_prodlens_members(existing)
+    return None
+
+
+# --------------------------------------------------------------------------- urllib3 / requests
+
+
+def _urllib3_request(wrapped: Any, instance: Any, args: tuple[Any, ...],
+                     kwargs: dict[str, Any]) -> Any:
+    try:
+        url = args[1] if len(args) > 1 else kwargs.get("url", "")
+        if isinstance(url, str) and "://" in url:  # absolute form (through a proxy)
+            host = urlsplit(url).hostname
+        else:
+            host = getattr(instance, "_tunnel_host", None) or getattr(instance, "host", None)
+        headers = args[3] if len(args) > 3 else kwargs.get("headers")
+        existing = None
+        baggage_key = None
+        if headers is not None:
+            for key in headers:
+                if isinstance(key, str) and key.lower() == "baggage":
+                    baggage_key, existing = key, headers[key]
+                    break
+        value = baggage_for(host, existing)
+        if value is not None:
+            new_headers = dict(headers) if headers is not None else {}
+            if baggage_key is not None:
+                del new_headers[baggage_key]
+            if value:
+                new_headers["baggage"] = value
+            if len(args) > 3:
+                args = (*args[:3], new_headers, *args[4:])
+            else:
+                kwargs = {**kwargs, "headers": new_headers}
+    except Exception as error:
+        internal_error("outbound baggage (urllib3)", error)
+    return wrapped(*args, **kwargs)
+
+
+def patch_urllib3(module: ModuleType) -> None:
+    """Patch ``urllib3.connection.HTTPConnection.request`` (used by requests and urllib3)."""
+    _patching.wrap(module.HTTPConnection, "request", _urllib3_request)
+
+
+# --------------------------------------------------------------------------- httpx (httpcore)
+
+
+def _httpcore_update(request: Any) -> None:
+    try:
+        host_raw = request.url.host
+        host = host_raw.decode("ascii", "replace") if isinstance(host_raw, bytes) else host_raw
+        headers = list(request.headers)
+        existing = None
+        index = -1
+        for i, (key, val) in enumerate(headers):
+            if key.lower() == b"baggage":
+                existing, index = val.decode("latin-1"), i
+                break
+        value = baggage_for(host, existing)
+        if value is None:
+            return
+        if index >= 0:
+            del headers[index]
+        if value:
+            headers.append((b"baggage", value.encode("ascii", "replace")))
+        request.headers = headers
+    except Exception as error:
+        internal_error("outbound baggage (httpx)", error)
+
+
+def _httpcore_sync(wrapped: Any, instance: Any, args: tuple[Any, ...],
+                   kwargs: dict[str, Any]) -> Any:
+    _httpcore_update(args[0] if args else kwargs.get("request"))
+    return wrapped(*args, **kwargs)
+
+
+async def _httpcore_async(wrapped: Any, instance: Any, args: tuple[Any, ...],
+                          kwargs: dict[str, Any]) -> Any:
+    _httpcore_update(args[0] if args else kwargs.get("request"))
+    return await wrapped(*args, **kwargs)
+
+
+def patch_httpcore(module: ModuleType) -> None:
+    """Patch httpcore's sync and async connection pools (the transports under httpx)."""
+    _patching.wrap(module.ConnectionPool, "handle_request", _httpcore_sync)
+    _patching.wrap(module.AsyncConnectionPool, "handle_async_request", _httpcore_async)
+
+
+# --------------------------------------------------------------------------- aiohttp
+
+
+async def _aiohttp_send(wrapped: Any, instance: Any, args: tuple[Any, ...],
+                        kwargs: dict[str, Any]) -> Any:
+    try:
+        headers = instance.headers
+        existing = headers.get("baggage")
+        value = baggage_for(instance.url.host, existing)
+        if value is not None:
+            headers.popall("baggage", None)
+            if value:
+                headers["baggage"] = value
+    except Exception as error:
+        internal_error("outbound baggage (aiohttp)", error)
+    return await wrapped(*args, **kwargs)
+
+
+def patch_aiohttp(module: ModuleType) -> None:
+    """Patch ``aiohttp.client_reqrep.ClientRequest.send`` (after aiohttp's trace hooks)."""
+    _patching.wrap(module.ClientRequest, "send", _aiohttp_send)
+
+
+#: (module whose import triggers the patch, patch function), for ``ProdlensInstrumentor``.
+PATCHES: Final[tuple[tuple[str, Callable[[ModuleType], None]], ...]] = (
+    ("urllib3.connection", patch_urllib3),
+    ("httpcore", patch_httpcore),
+    ("aiohttp.client_reqrep", patch_aiohttp),
+)

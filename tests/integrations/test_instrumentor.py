@@ -1,0 +1,116 @@
+"""ProdlensInstrumentor: entry point, never raises, stands down on bad config, patches via
+post-import hooks, uninstrument removes every patch and makes the processor inert."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import textwrap
+from importlib.metadata import entry_points
+from typing import Any
+
+import flask
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from prodlens import _configure, _runtime
+from prodlens.instrumentor import ProdlensInstrumentor
+from prodlens.integrations import _patching
+
+
+def test_entry_point_is_registered_with_a_prefixed_name() -> None:
+    found = [e for e in entry_points(group="opentelemetry_instrumentor")
+             if e.value == "prodlens.instrumentor:ProdlensInstrumentor"]
+    assert [e.name for e in found] == ["prodlens"]
+    assert found[0].load() is ProdlensInstrumentor
+
+
+def test_no_instruments_dependencies() -> None:
+    assert list(ProdlensInstrumentor().instrumentation_dependencies()) == []
+
+
+def test_config_error_is_logged_once_and_prodlens_stands_down(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="prodlens")
+    ProdlensInstrumentor().instrument(tracer_provider=TracerProvider(),
+                                      environ={"PRODLENS_CUSTOMER_FROM": "header"})
+    try:
+        assert not _patching.patched(flask.app.Flask, "__call__")
+        messages = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(messages) == 1
+        assert "PRODLENS_CUSTOMER_FROM=header" in messages[0]
+        assert "header:NAME" in messages[0]  # the accepted grammar
+    finally:
+        ProdlensInstrumentor().uninstrument()
+
+
+def test_instrument_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any) -> bool:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(_configure, "attach", broken)
+    ProdlensInstrumentor().instrument(tracer_provider=TracerProvider(), environ={})
+    ProdlensInstrumentor().uninstrument()
+
+
+def test_uninstrument_removes_every_patch_and_deactivates(prodlens_setup: Any) -> None:
+    import django.core.handlers.base as base
+    import httpcore
+    import urllib3.connection
+
+    prodlens_setup({})
+    owners = [(flask.app.Flask, "__call__"), (flask.app.Flask, "dispatch_request"),
+              (base.BaseHandler, "get_response"), (base.BaseHandler, "load_middleware"),
+              (urllib3.connection.HTTPConnection, "request"),
+              (httpcore.ConnectionPool, "handle_request")]
+    assert all(_patching.patched(o, a) for o, a in owners)
+    originals = {a: getattr(o, a).__wrapped__ for o, a in owners}
+    ProdlensInstrumentor().uninstrument()
+    assert not any(_patching.patched(o, a) for o, a in owners)
+    assert all(getattr(o, a) is originals[a] for o, a in owners)
+    assert not _runtime.current().enabled
+
+
+def run(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=60, env={"PRODLENS_METRICS": "false",
+                                                      "PRODLENS_CUSTOMER_FROM": "header:x-c"})
+
+
+def test_framework_imported_after_instrumenting_is_patched() -> None:
+    result = run("""
+        import sys
+        from prodlens.instrumentor import ProdlensInstrumentor
+        from opentelemetry.sdk.trace import TracerProvider
+        ProdlensInstrumentor().instrument(tracer_provider=TracerProvider())
+        assert "flask" not in sys.modules
+        import flask
+        print(hasattr(flask.Flask.__call__, "__wrapped__"))
+    """)
+    assert result.stdout.strip() == "True", result.stderr
+
+
+def test_no_sdk_warns_once_then_attaches_when_the_app_sets_a_provider() -> None:
+    result = run("""
+        import logging
+        logging.basicConfig(level=logging.WARNING)
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        import prodlens
+        from prodlens.instrumentor import ProdlensInstrumentor
+        ProdlensInstrumentor().instrument()
+        ProdlensInstrumentor().uninstrument()
+        ProdlensInstrumentor().instrument()
+        provider = TracerProvider()
+        exporter = InMemorySpanExporter()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        trace.set_tracer_provider(provider)
+        with prodlens.tag("acme"):
+            trace.get_tracer("t").start_span("s").end()
+        print(dict(exporter.get_finished_spans()[0].attributes))
+    """)
+    assert result.stdout.strip() == "{'enduser.id': 'acme'}", result.stderr
+    assert result.stderr.count("pip install opentelemetry-distro") == 1, result.stderr

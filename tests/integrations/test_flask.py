@@ -12,7 +12,6 @@ from typing import Any
 import flask
 import pytest
 import requests
-from conftest import Instrumented
 from opentelemetry.instrumentation.flask import FlaskInstrumentor
 from opentelemetry.instrumentation.requests import RequestsInstrumentor
 from opentelemetry.trace import SpanKind
@@ -55,7 +54,7 @@ def flask_setup(prodlens_setup: Any) -> Iterator[Any]:
     apps: list[flask.Flask] = []
 
     def factory(env: dict[str, str], downstream: str | None = None
-                ) -> tuple[flask.Flask, Instrumented]:
+                ) -> tuple[flask.Flask, Any]:
         traced = prodlens_setup(env, sqlite=True)
         app = make_app(downstream)
         FlaskInstrumentor().instrument_app(app, tracer_provider=traced.provider)

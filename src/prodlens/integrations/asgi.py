@@ -1,0 +1,295 @@
+"""Generic ASGI: a per-request prodlens scope for any ASGI application.
+
+Wrap the application *outside* OpenTelemetry's ``OpenTelemetryMiddleware``, so the identity is
+resolved from the ASGI scope before the server span opens (a sampler then sees it at root
+start, and the span is stamped when it starts)::
+
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+    from prodlens.integrations.asgi import ProdlensASGIMiddleware
+
+    app = ProdlensASGIMiddleware(OpenTelemetryMiddleware(app))
+
+With ``ProdlensInstrumentor`` (``opentelemetry-instrument``) no wrapping is needed: it patches
+``OpenTelemetryMiddleware`` itself, so any ASGI framework traced by it gets a scope opened just
+before the server span, and Starlette/FastAPI are patched further (``path:`` and ``user``; see
+``prodlens.integrations.starlette``). HTTP and websocket scopes get a prodlens scope that lasts
+exactly as long as the request (the whole connection for a websocket); ``lifespan`` passes
+through. Sources here are the early ones (header, cookie, query, jwt, baggage) and ``user`` /
+``user:ATTR`` when an authentication middleware outside this one set ``scope["user"]``.
+Environment variables::
+
+    export PRODLENS_CUSTOMER_FROM=jwt:sub,header:x-customer-id
+    export PRODLENS_COHORT_PLAN_FROM=header:x-plan
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Awaitable, Callable, MutableMapping
+from types import ModuleType
+from typing import Any, Final
+
+from opentelemetry import trace
+from opentelemetry.sdk.trace import Span
+
+from prodlens import _runtime
+from prodlens._safety import internal_error
+from prodlens.identity import Scope, apply, close_scope, merge, open_scope
+from prodlens.integrations import _patching
+from prodlens.integrations._sources import (
+    cookie_value,
+    needs_late,
+    query_value,
+    resolve_early,
+    resolve_late,
+    strip_prodlens_members,
+    uses_baggage,
+)
+
+__all__ = [
+    "TARGET",
+    "ASGIScopeView",
+    "ProdlensASGIMiddleware",
+    "apply_late",
+    "enter_request",
+    "exit_request",
+    "patch",
+    "run_in_scope",
+]
+
+#: The instrumentor patches OpenTelemetry's ASGI middleware when it is imported.
+TARGET: Final = "opentelemetry.instrumentation.asgi"
+
+ASGIScope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Any]]
+Send = Callable[[Any], Awaitable[None]]
+ASGIApp = Callable[[ASGIScope, Receive, Send], Awaitable[Any]]
+
+#: Set in the ASGI scope while a prodlens scope is open for it, so nested wrappers open one only.
+SCOPE_KEY: Final = "prodlens.scope"
+#: Set once the late sources (path, user) were resolved for this request.
+LATE_KEY: Final = "prodlens.late"
+_HTTP_TYPES: Final = frozenset({"http", "websocket"})
+#: Header values are read on at most this many bytes (every reader bounds itself further).
+_MAX_HEADER_BYTES: Final = 32 * 1024
+_MAX_QUERY_BYTES: Final = 16 * 1024
+#: Attributes tried, in order, for a bare ``user`` source (Starlette ``BaseUser.identity``,
+#: Django Channels' ``pk``, then Starlette's ``display_name``).
+_USER_ATTRIBUTES: Final = ("identity", "pk", "display_name")
+
+
+def _text(raw: object) -> str | None:
+    """An ASGI header value (bytes) read as UTF-8, invalid bytes replaced (as the WSGI
+    integration reads them, so one client yields the same id under either); bounded."""
+    if not isinstance(raw, (bytes, bytearray)):
+        return raw[:_MAX_HEADER_BYTES] if isinstance(raw, str) else None
+    return bytes(raw[:_MAX_HEADER_BYTES]).decode("utf-8", "replace")
+
+
+def _user_value(user: object, attr: str) -> object | None:
+    """``attr`` of an authenticated ASGI user, or its identity when ``attr`` is empty."""
+    if user is None:
+        return None
+    if isinstance(user, (str, int)):  # some auth middleware store the bare id
+        return None if attr else user
+    try:
+        if not getattr(user, "is_authenticated", False):
+            return None
+    except Exception:  # BaseUser subclasses may leave properties unimplemented
+        return None
+    for name in (attr,) if attr else _USER_ATTRIBUTES:
+        try:
+            value: object = getattr(user, name, None)
+        except Exception:  # NotImplementedError from BaseUser, or a broken property
+            continue
+        if value is not None and not callable(value):
+            return value
+    return None
+
+
+class ASGIScopeView:
+    """A :class:`~prodlens.integrations._sources.RequestView` over an ASGI connection scope."""
+
+    __slots__ = ("scope",)
+
+    def __init__(self, scope: ASGIScope) -> None:
+        self.scope = scope
+
+    def _values(self, name: str) -> list[bytes]:
+        wanted = name.encode("latin-1", "replace")
+        found: list[bytes] = []
+        size = 0
+        for item in self.scope.get("headers") or ():
+            if size > _MAX_HEADER_BYTES:
+                break  # every reader is bounded below this: the rest cannot matter
+            try:
+                key, value = item
+            except (TypeError, ValueError):
+                continue
+            if isinstance(key, (bytes, bytearray)) and isinstance(value, (bytes, bytearray)) \
+                    and bytes(key).lower() == wanted:
+                found.append(bytes(value))
+                size += len(value)
+        return found
+
+    def header(self, name: str) -> str | None:
+        values = self._values(name)
+        return _text(values[0]) if values else None
+
+    def cookie(self, name: str) -> str | None:
+        # HTTP/2 may split cookies over several headers.
+        values = self._values("cookie")
+        return cookie_value(_text(b"; ".join(values)), name) if values else None
+
+    def query(self, name: str) -> str | None:
+        raw = self.scope.get("query_string")
+        if not isinstance(raw, (bytes, bytearray)) or not raw:
+            return None
+        return query_value(bytes(raw[:_MAX_QUERY_BYTES]).decode("latin-1"), name)
+
+    def path_param(self, name: str) -> object | None:
+        params = self.scope.get("path_params")
+        return params.get(name) if isinstance(params, dict) else None
+
+    def user(self, attr: str) -> object | None:
+        return _user_value(self.scope.get("user"), attr)
+
+    def baggage(self) -> str | None:
+        values = self._values("baggage")
+        return _text(b",".join(values)) if values else None
+
+
+def _strip_inbound_baggage(scope: ASGIScope) -> None:
+    """Remove prodlens members from inbound ``baggage`` headers once read, so OpenTelemetry's
+    propagator does not pass identity received from a client on to every destination."""
+    headers = scope.get("headers")
+    if not headers:
+        return
+    rewritten: list[Any] = []
+    changed = False
+    for item in headers:
+        if (isinstance(item, (tuple, list)) and len(item) == 2
+                and isinstance(item[0], (bytes, bytearray))
+                and isinstance(item[1], (bytes, bytearray))
+                and bytes(item[0]).lower() == b"baggage" and b"prodlens." in item[1]):
+            stripped = strip_prodlens_members(bytes(item[1]).decode("latin-1"))
+            item = (item[0], stripped.encode("latin-1"))
+            changed = True
+        rewritten.append(item)  # anything else is kept exactly as it was
+    if changed:
+        scope["headers"] = rewritten
+
+
+def enter_request(scope: ASGIScope, *, with_late: bool) -> contextvars.Token[Scope | None] | None:
+    """Open the request's prodlens scope with its early identity (and, with ``with_late``, the
+    ``user`` an outer authentication middleware set). None when prodlens is off, the connection
+    is not HTTP or websocket, or a scope is already open for it. Never raises."""
+    try:
+        if scope.get("type") not in _HTTP_TYPES or scope.get(SCOPE_KEY):
+            return None
+        runtime = _runtime.current()
+        if not runtime.enabled:
+            return None
+        settings = runtime.settings
+        view = ASGIScopeView(scope)
+        identity = resolve_early(view, settings)
+        if with_late and needs_late(settings):
+            late = resolve_late(view, settings)
+            if late is not None:
+                identity = merge(identity, late)
+        if uses_baggage(settings):
+            _strip_inbound_baggage(scope)
+        scope[SCOPE_KEY] = True
+        span = trace.get_current_span()
+        if (identity is not None and isinstance(span, Span) and span.is_recording()
+                and span.kind is trace.SpanKind.SERVER):
+            # A server span opened outside us (OpenTelemetryMiddleware wrapped around this
+            # middleware): tag it as well as every span started inside the request.
+            token = open_scope(None, isolate_ancestors=False)
+            apply(identity)
+            return token
+        return open_scope(identity, isolate_ancestors=False)
+    except Exception as error:
+        internal_error("ASGI request start", error)
+        return None
+
+
+def exit_request(scope: ASGIScope, token: contextvars.Token[Scope | None] | None) -> None:
+    """Close a scope opened by :func:`enter_request`. Never raises."""
+    if token is None:
+        return
+    try:
+        close_scope(token)
+        scope.pop(SCOPE_KEY, None)
+        scope.pop(LATE_KEY, None)
+    except Exception as error:
+        internal_error("ASGI request end", error)
+
+
+def apply_late(scope: ASGIScope) -> None:
+    """Resolve ``path:PARAM`` (``scope["path_params"]``) and ``user`` / ``user:ATTR``
+    (``scope["user"]``) once the request is routed, and tag the open server span; once per
+    request. Never raises."""
+    try:
+        if scope.get(LATE_KEY) or scope.get("type") not in _HTTP_TYPES:
+            return
+        runtime = _runtime.current()
+        if not runtime.enabled or not needs_late(runtime.settings):
+            return
+        scope[LATE_KEY] = True
+        identity = resolve_late(ASGIScopeView(scope), runtime.settings)
+        if identity is not None:
+            apply(identity)
+    except Exception as error:
+        internal_error("ASGI late sources", error)
+
+
+async def run_in_scope(app: Any, scope: ASGIScope, receive: Any, send: Any, *,
+                       with_late: bool) -> Any:
+    """Await ``app(scope, receive, send)`` inside the request's prodlens scope."""
+    token = enter_request(scope, with_late=with_late)
+    try:
+        return await app(scope, receive, send)
+    finally:
+        exit_request(scope, token)
+
+
+class ProdlensASGIMiddleware:
+    """ASGI middleware: one prodlens scope per HTTP or websocket connection, identity resolved
+    from the ASGI scope before the inner application (and its server span) runs.
+
+    Example::
+
+        from prodlens.integrations.asgi import ProdlensASGIMiddleware
+
+        app = ProdlensASGIMiddleware(app)
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> Any:
+        if scope.get("type") not in _HTTP_TYPES:
+            return await self.app(scope, receive, send)
+        return await run_in_scope(self.app, scope, receive, send, with_late=True)
+
+
+def wrap_app_call(wrapped: Any, instance: Any, args: tuple[Any, ...],
+                  kwargs: dict[str, Any]) -> Any:
+    """A wrapt wrapper for an ASGI ``__call__(scope, receive, send)``: the call runs inside a
+    prodlens scope (opened only if none is open for this connection yet)."""
+    if len(args) != 3 or kwargs:  # not the ASGI calling convention: leave it alone
+        return wrapped(*args, **kwargs)
+    scope = args[0]
+    if not isinstance(scope, MutableMapping) or scope.get("type") not in _HTTP_TYPES \
+            or scope.get(SCOPE_KEY):
+        return wrapped(*args)
+    return run_in_scope(wrapped, scope, args[1], args[2], with_late=False)
+
+
+def patch(module: ModuleType) -> None:
+    """Patch ``OpenTelemetryMiddleware.__call__`` so a prodlens scope opens just outside the
+    server span of any ASGI application it traces (idempotent)."""
+    middleware = getattr(module, "OpenTelemetryMiddleware", None)
+    if middleware is not None and "__call__" in vars(middleware):
+        _patching.wrap(middleware, "__call__", wrap_app_call)

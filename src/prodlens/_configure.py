@@ -46,6 +46,8 @@ def attach(provider: object, settings: Settings) -> bool:
     if not isinstance(provider, TracerProvider):
         log_once("no-sdk-provider", logging.WARNING, NO_SDK_MESSAGE)
         return False
+    import prodlens.signals  # noqa: F401  (registers the cohort metrics/storm processor factory)
+
     with _lock:
         if provider in _configured:
             return True

@@ -43,3 +43,6 @@ METRIC_ERROR: Final = "error"
 METRIC_STATUS_CLASS: Final = "http.status_class"
 METRIC_SERVICE: Final = "service.name"
 METRIC_CUSTOMER: Final = "customer"
+#: Metric attribute of the overflow series, past ``PRODLENS_METRICS_MAX_SERIES`` (the
+#: OpenTelemetry specification's name for it).
+METRIC_OVERFLOW: Final = "otel.metric.overflow"

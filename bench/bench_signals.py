@@ -1,0 +1,190 @@
+"""Per-request overhead of prodlens signals (cohort metrics + storm tracking) on top of tagging.
+
+One process, Flask's ``app.test_client()`` (no sockets), a trivial view, the Flask OTel
+instrumentation with an explicit provider and a ``SimpleSpanProcessor`` to a no-op exporter.
+Every contender serves the same request (customer and 4 cohorts in headers):
+
+* ``tagging``: ``ProdlensInstrumentor`` tagging only (``PRODLENS_METRICS=false``);
+* ``signals``: + ``CohortMetricsProcessor`` (RED metrics by cohort and refresh-storm tracking)
+  recording into an SDK ``MeterProvider`` with an ``InMemoryMetricReader``;
+* ``signals+sampler``: + ``ProdlensSampler`` (ratio 1.0, one watched customer) instead of the
+  SDK's default sampler.
+
+With ``--otel-metrics`` a global SDK ``MeterProvider`` is installed first, as in any service that
+exports OpenTelemetry metrics: the Flask instrumentation then records its own HTTP metrics in
+every contender (the baseline a metrics-exporting service really has). Without it, the global
+meter provider is the no-op one and only prodlens records metrics (the worst case for the ratio).
+
+Interleaved rounds (drift hits every contender alike), process CPU time per round; reported:
+median of per-round means, and the median over rounds of each contender's ratio to ``tagging``
+in the same round. Before timing, each contender's server span and metrics are checked. Run::
+
+    /work/venv/bin/python bench/bench_signals.py                       # ~1 min
+    /work/venv/bin/python bench/bench_signals.py --rounds 60 --requests 200
+    /work/venv/bin/python bench/bench_signals.py --rounds 60 --requests 200 --otel-metrics
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import flask
+from opentelemetry.instrumentation.flask import FlaskInstrumentor
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+import prodlens
+from prodlens.instrumentor import ProdlensInstrumentor
+from prodlens.signals.metrics import CohortMetricsProcessor
+from prodlens.signals.sampling import ProdlensSampler
+
+CONTENDERS = ("tagging", "signals", "signals+sampler")
+HEADERS = {"x-customer-id": "acme", "x-plan": "pro", "x-region": "eu-west", "x-version": "2.3",
+           "x-tier": "gold"}
+ENV = {
+    "PRODLENS_METRICS": "false",
+    "PRODLENS_CUSTOMER_FROM": "header:x-customer-id",
+    **{f"PRODLENS_COHORT_{n.upper()}_FROM": f"header:x-{n}" for n in ("plan", "region",
+                                                                        "version", "tier")},
+}
+
+
+class Keep(SpanExporter):
+    """Keeps only the last span (for the check); discards the rest cheaply."""
+
+    def __init__(self) -> None:
+        self.last: ReadableSpan | None = None
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.last = spans[-1]
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        return None
+
+
+@dataclass
+class Setup:
+    run: Callable[[int], None]
+    exporter: Keep
+    reader: InMemoryMetricReader | None
+    teardown: Callable[[], None]
+
+
+def setup(contender: str) -> Setup:
+    sampler = ProdlensSampler(ratio=1.0, always="customer:globex") \
+        if contender == "signals+sampler" else None
+    provider = TracerProvider(sampler=sampler) if sampler is not None else TracerProvider()
+    exporter = Keep()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    # Settings are process-wide and identical for every contender; each provider gets the
+    # tagging processor (the instrumentor patched Flask once, in main()).
+    prodlens.configure(provider, environ=ENV)
+    reader: InMemoryMetricReader | None = None
+    meter_provider: MeterProvider | None = None
+    if contender != "tagging":
+        reader = InMemoryMetricReader()
+        meter_provider = MeterProvider(metric_readers=[reader])
+        provider.add_span_processor(CohortMetricsProcessor(meter_provider=meter_provider))
+    app = flask.Flask(f"bench-{contender}")
+    app.add_url_rule("/hello", "hello", lambda: "ok")
+    FlaskInstrumentor().instrument_app(app, tracer_provider=provider)
+    client = app.test_client()
+
+    def run(n: int) -> None:
+        get = client.get
+        for _ in range(n):
+            get("/hello", headers=HEADERS)
+
+    def teardown() -> None:
+        FlaskInstrumentor().uninstrument_app(app)
+        provider.shutdown()
+        if meter_provider is not None:
+            meter_provider.shutdown()
+
+    return Setup(run, exporter, reader, teardown)
+
+
+def check(contender: str, made: Setup) -> str | None:
+    made.run(5)
+    span = made.exporter.last
+    if span is None:
+        return "no span exported"
+    attrs = dict(span.attributes or {})
+    want = {"enduser.id": "acme", "prodlens.cohort.plan": "pro", "prodlens.cohort.tier": "gold"}
+    if any(attrs.get(k) != v for k, v in want.items()):
+        return f"server span not tagged: {attrs}"
+    if contender != "tagging":
+        if attrs.get("prodlens.repeat_count") is None:
+            return "no prodlens.repeat_count on the server span"
+        assert made.reader is not None
+        data = made.reader.get_metrics_data()
+        names = {m.name for rm in (data.resource_metrics if data else [])
+                 for sm in rm.scope_metrics for m in sm.metrics}
+        if "prodlens.requests" not in names:
+            return "no prodlens.requests metric"
+    elif "prodlens.repeat_count" in attrs:
+        return "tagging-only contender has signals"
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--otel-metrics", action="store_true",
+                        help="install a global SDK MeterProvider first (Flask's own metrics on)")
+    args = parser.parse_args(argv)
+    if args.otel_metrics:
+        from opentelemetry import metrics
+
+        metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
+    ProdlensInstrumentor().instrument(environ=ENV)
+    setups = {c: setup(c) for c in CONTENDERS}
+    problems = {c: check(c, s) for c, s in setups.items()}
+    for contender, problem in problems.items():
+        if problem:
+            print(f"!! {contender}: {problem}", file=sys.stderr)
+    for made in setups.values():
+        made.run(300)  # warm-up
+    samples: dict[str, list[float]] = {c: [] for c in CONTENDERS}
+    gc.collect()
+    for round_ in range(args.rounds):
+        order = CONTENDERS if round_ % 2 == 0 else tuple(reversed(CONTENDERS))
+        for contender in order:
+            run = setups[contender].run
+            gc.disable()
+            start = time.process_time()
+            run(args.requests)
+            elapsed = time.process_time() - start
+            gc.enable()
+            samples[contender].append(elapsed / args.requests * 1e6)
+    baseline = "global SDK MeterProvider" if args.otel_metrics else "no global MeterProvider"
+    print(f"python {sys.version.split()[0]}, Flask test_client, {baseline}, {args.rounds} "
+          f"interleaved rounds x {args.requests} requests, process CPU time, median of per-round "
+          "means")
+    print(f"  {'contender':<18} {'us/request':>11} {'vs tagging':>11} {'added':>8} "
+          f"{'IQR of ratio':>15}")
+    for contender in CONTENDERS:
+        ratios = sorted(c / t for c, t in zip(samples[contender], samples["tagging"],
+                                              strict=True))
+        ratio = statistics.median(ratios)
+        q1, _, q3 = statistics.quantiles(ratios, n=4)
+        print(f"  {contender:<18} {statistics.median(samples[contender]):>11.1f} "
+              f"{ratio:>10.3f}x {(ratio - 1) * 100:>+7.1f}% {q1:>7.3f}-{q3:.3f}")
+    for made in setups.values():
+        made.teardown()
+    ProdlensInstrumentor().uninstrument()
+    return 1 if any(problems.values()) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

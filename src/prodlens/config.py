@@ -288,6 +288,9 @@ PARAMETERS: Final[tuple[Parameter, ...]] = (
               _float_parser(0.0, None), "100", "float",
               "Budget of forced 'always' decisions per second per process, so forged identity "
               "cannot force full sampling.", "50"),
+    Parameter("storms", "PRODLENS_STORMS", _parse_bool, "true", "bool",
+              "Tag request roots with `prodlens.repeat_count` and count repeats (needs "
+              "PRODLENS_METRICS for the metric).", "false"),
     Parameter("storm_window_seconds", "PRODLENS_STORM_WINDOW_SECONDS",
               _float_parser(0.001, None), "60", "float",
               "Window for `prodlens.repeat_count`: repeats by one customer on one route.", "30"),
@@ -336,6 +339,7 @@ class Settings:
     sample_always: tuple[tuple[str, str], ...] = ()
     sample_ratio: float = 1.0
     sample_always_per_second: float = 100.0
+    storms: bool = True
     storm_window_seconds: float = 60.0
     storm_max_keys: int = 100000
     storm_threshold: int = 3

@@ -1,0 +1,232 @@
+"""Benchmark ``prodlens slice`` against the parse floor and two engines' plain GROUP BY.
+
+Contenders, each measured in its own subprocess so that peak memory (ru_maxrss) is honest:
+
+* ``orjson floor``: parse every line with orjson and do nothing else;
+* ``prodlens slice``: the embedded engine, the full analysis (units, singles, pairs, test);
+* ``prodlens affected``: the embedded engine listing affected customers;
+* ``duckdb group-by``: DuckDB reading the same files, failures GROUP BY one span attribute;
+* ``chdb group-by``: chdb (ClickHouse in-process), the same plain GROUP BY.
+
+Data: synthetic exports written through the real SDK by ``prodlens.analysis.synthetic``
+(cached under ``--data-dir``). Run::
+
+    /work/venv/bin/python bench/bench_analysis.py                       # 20k traces, ~30 s
+    /work/venv/bin/python bench/bench_analysis.py --sizes 20000,200000  # + 1.1M spans, ~4 min
+
+The first run of a size generates its data through the SDK (20k traces ~10 s, 200k ~95 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ATTRIBUTE = "prodlens.cohort.region"
+CONTENDERS = ("orjson floor", "prodlens slice", "prodlens affected", "duckdb group-by",
+              "chdb group-by", "chdb load+slice")
+_CH_VALUE = (
+    "multiIf(JSONHas(v, 'stringValue'), JSONExtractString(v, 'stringValue'), "
+    "JSONHas(v, 'intValue'), JSONExtractString(v, 'intValue'), "
+    "JSONHas(v, 'boolValue'), if(JSONExtractBool(v, 'boolValue'), 'true', 'false'), "
+    "JSONHas(v, 'doubleValue'), toString(JSONExtractFloat(v, 'doubleValue')), "
+    "JSONExtractRaw(v))"
+)
+_CH_MAP = (
+    "CAST((arrayMap(a -> JSONExtractString(a, 'key'), {0}), "
+    "arrayMap(a -> (arrayMap(v -> " + _CH_VALUE + ", [JSONExtractRaw(a, 'value')])[1]), {0})), "
+    "'Map(String, String)')"
+)
+_DUCKDB_ATTRS = "STRUCT(key VARCHAR, value STRUCT(stringValue VARCHAR))[]"
+_DUCKDB_COLUMNS = (
+    "{resourceSpans: 'STRUCT(resource STRUCT(attributes " + _DUCKDB_ATTRS + "), "
+    "scopeSpans STRUCT(spans STRUCT(traceId VARCHAR, status STRUCT(code INTEGER), "
+    "attributes " + _DUCKDB_ATTRS + ")[])[])[]'}"
+)
+
+
+def _files(directory: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(directory, "*.jsonl")))
+
+
+def run_contender(name: str, directory: str) -> dict[str, Any]:
+    """Run one contender in this process; return seconds and its result summary."""
+    if name == "orjson floor":
+        import orjson
+
+        start = time.perf_counter()
+        lines = 0
+        for path in _files(directory):
+            with open(path, "rb") as stream:
+                for line in stream:
+                    orjson.loads(line)
+                    lines += 1
+        return {"seconds": time.perf_counter() - start, "result": f"{lines} lines"}
+    if name == "prodlens slice":
+        from prodlens.analysis import slice_failures
+
+        start = time.perf_counter()
+        report = slice_failures([directory])
+        return {"seconds": time.perf_counter() - start, "result": report.verdict()}
+    if name == "prodlens affected":
+        from prodlens.analysis import affected_customers
+
+        start = time.perf_counter()
+        affected = affected_customers([directory])
+        return {"seconds": time.perf_counter() - start,
+                "result": f"{len(affected.customers)} customers"}
+    if name == "duckdb group-by":
+        import duckdb
+
+        start = time.perf_counter()
+        rows = duckdb.sql(
+            "WITH r AS (SELECT unnest(resourceSpans) AS rs FROM read_json("
+            f"'{directory}/*.jsonl', format='newline_delimited', columns={_DUCKDB_COLUMNS})), "
+            "s AS (SELECT unnest(sc.spans) AS span FROM "
+            "(SELECT unnest(rs.scopeSpans) AS sc FROM r)) "
+            f"SELECT list_filter(span.attributes, lambda a: a.key = '{ATTRIBUTE}')[1]"
+            ".value.stringValue AS v, count(*) AS n, count(*) FILTER (WHERE span.status.code = 2)"
+            " AS f FROM s GROUP BY v ORDER BY v"
+        ).fetchall()
+        return {"seconds": time.perf_counter() - start, "result": str(rows)}
+    if name == "chdb group-by":
+        import chdb
+
+        start = time.perf_counter()
+        result = chdb.query(
+            "SELECT JSONExtractString(arrayFirst(a -> JSONExtractString(a, 'key') = "
+            f"'{ATTRIBUTE}', JSONExtractArrayRaw(span, 'attributes')), 'value', 'stringValue') "
+            "AS v, count() AS n, countIf(JSONExtractInt(span, 'status', 'code') = 2) AS f "
+            "FROM (SELECT arrayJoin(JSONExtractArrayRaw(sc, 'spans')) AS span FROM "
+            "(SELECT arrayJoin(JSONExtractArrayRaw(rs, 'scopeSpans')) AS sc FROM "
+            "(SELECT arrayJoin(JSONExtractArrayRaw(json, 'resourceSpans')) AS rs FROM "
+            f"file('{directory}/*.jsonl', 'JSONAsString')))) GROUP BY v ORDER BY v",
+            "CSV",
+        )
+        return {"seconds": time.perf_counter() - start,
+                "result": result.bytes().decode().strip().replace("\n", " ")}
+    if name == "chdb load+slice":
+        return chdb_load_and_slice(directory)
+    raise SystemExit(f"unknown contender {name!r}")
+
+
+def chdb_load_and_slice(directory: str) -> dict[str, Any]:
+    """The alternative embedded engine: load the files into chdb, then run the ClickHouse SQL."""
+    import tempfile
+
+    from chdb import session as chdb_session
+
+    from prodlens.analysis import chdb_query, slice_clickhouse
+
+    start = time.perf_counter()
+    session = chdb_session.Session(tempfile.mkdtemp(prefix="prodlens-bench-chdb-"))
+    session.query(
+        "CREATE TABLE spans (Timestamp DateTime64(9), TraceId String, SpanId String, "
+        "ParentSpanId String, SpanName LowCardinality(String), SpanKind LowCardinality(String), "
+        "ServiceName LowCardinality(String), ResourceAttributes Map(LowCardinality(String), "
+        "String), SpanAttributes Map(LowCardinality(String), String), "
+        "StatusCode LowCardinality(String)) ENGINE = MergeTree ORDER BY tuple()"
+    )
+    resource_map = _CH_MAP.format("JSONExtractArrayRaw(rs, 'resource', 'attributes')")
+    span_map = _CH_MAP.format("JSONExtractArrayRaw(span, 'attributes')")
+    session.query(
+        "INSERT INTO spans SELECT fromUnixTimestamp64Nano(toInt64(JSONExtractString(span, "
+        "'startTimeUnixNano'))), JSONExtractString(span, 'traceId'), "
+        "JSONExtractString(span, 'spanId'), JSONExtractString(span, 'parentSpanId'), "
+        "JSONExtractString(span, 'name'), ['Unspecified', 'Internal', 'Server', 'Client', "
+        "'Producer', 'Consumer'][JSONExtractInt(span, 'kind') + 1], res['service.name'], res, "
+        f"{span_map}, ['Unset', 'Ok', 'Error'][JSONExtractInt(span, 'status', 'code') + 1] "
+        f"FROM (SELECT {resource_map} AS res, arrayJoin(JSONExtractArrayRaw(sc, 'spans')) "
+        "AS span FROM (SELECT rs, arrayJoin(JSONExtractArrayRaw(rs, 'scopeSpans')) AS sc FROM "
+        "(SELECT arrayJoin(JSONExtractArrayRaw(json, 'resourceSpans')) AS rs FROM "
+        f"file('{directory}/*.jsonl', 'JSONAsString'))))"
+    )
+    loaded = time.perf_counter() - start
+    report = slice_clickhouse(chdb_query(session), table="spans")
+    return {"seconds": time.perf_counter() - start,
+            "result": f"(load {loaded:.2f} s) {report.verdict()}"}
+
+
+def measure(name: str, directory: str, repeat: int) -> dict[str, Any]:
+    """Run a contender in fresh interpreters; keep the fastest run (the least disturbed)."""
+    runs = []
+    for _ in range(repeat):
+        output = subprocess.run(
+            [sys.executable, __file__, "--contender", name, "--dir", directory],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        runs.append(dict(json.loads(output.strip().splitlines()[-1])))
+    return min(runs, key=lambda run: float(run["seconds"]))
+
+
+def ensure_data(data_dir: Path, traces: int) -> tuple[str, int]:
+    """Generate (once) a synthetic export of ``traces`` requests; return (directory, spans)."""
+    directory = data_dir / f"traces-{traces}"
+    marker = directory / ".done.json"
+    if marker.exists():
+        return str(directory), int(json.loads(marker.read_text())["spans"])
+    from prodlens.analysis.synthetic import generate
+
+    start = time.perf_counter()
+    truth = generate(directory, traces=traces, seed=42, customers=max(500, traces // 20))
+    marker.write_text(json.dumps({"spans": truth.spans}))
+    print(f"generated {traces:,} traces, {truth.spans:,} spans through the SDK in "
+          f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return str(directory), truth.spans
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="20000",
+                        help="comma-separated numbers of request traces (default: 20000)")
+    parser.add_argument("--data-dir", default="/tmp/prodlens-bench")
+    parser.add_argument("--only", help="comma-separated contenders to run")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs per contender; the fastest is reported (default: 1)")
+    parser.add_argument("--contender", help=argparse.SUPPRESS)
+    parser.add_argument("--dir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.contender:
+        outcome = run_contender(args.contender, args.dir)
+        outcome["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(outcome))
+        return 0
+    contenders = args.only.split(",") if args.only else list(CONTENDERS)
+    header = (f"{'traces':>8} {'spans':>10} {'contender':<18} {'seconds':>8} {'spans/s':>10} "
+              f"{'peak RSS':>9} {'vs floor':>8} {'vs duckdb':>9} {'vs chdb':>8}")
+    rows: list[str] = []
+    for size in (int(s) for s in args.sizes.split(",")):
+        directory, spans = ensure_data(Path(args.data_dir), size)
+        size_mb = sum(os.path.getsize(p) for p in _files(directory)) / 1e6
+        results = {name: measure(name, directory, args.repeat) for name in contenders}
+        for name, outcome in results.items():
+            seconds = outcome["seconds"]
+
+            def ratio(other: str, seconds: float = seconds,
+                      results: dict[str, dict[str, Any]] = results) -> str:
+                if other not in results:
+                    return "-"
+                return f"{seconds / results[other]['seconds']:.2f}x"
+
+            rows.append(
+                f"{size:>8,} {spans:>10,} {name:<18} {seconds:>8.2f} {spans / seconds:>10,.0f} "
+                f"{outcome['peak_rss_mb']:>7.0f}MB {ratio('orjson floor'):>8} "
+                f"{ratio('duckdb group-by'):>9} {ratio('chdb group-by'):>8}"
+            )
+            print(f"{size:,} traces ({size_mb:.0f} MB) {name}: {outcome['result'][:110]}",
+                  file=sys.stderr)
+    print(header)
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,12 +8,20 @@ Every contender serves the same request (customer and 4 cohorts in headers):
 * ``signals``: + ``CohortMetricsProcessor`` (RED metrics by cohort and refresh-storm tracking)
   recording into an SDK ``MeterProvider`` with an ``InMemoryMetricReader``;
 * ``signals+sampler``: + ``ProdlensSampler`` (ratio 1.0, one watched customer) instead of the
-  SDK's default sampler.
+  SDK's default sampler;
+* ``no-duration``: ``signals`` without the duration histogram
+  (``CohortMetricsProcessor(duration=False)``: exact counters and storms only), to show what the
+  SDK's synchronous histogram costs on its own.
 
 With ``--otel-metrics`` a global SDK ``MeterProvider`` is installed first, as in any service that
 exports OpenTelemetry metrics: the Flask instrumentation then records its own HTTP metrics in
 every contender (the baseline a metrics-exporting service really has). Without it, the global
 meter provider is the no-op one and only prodlens records metrics (the worst case for the ratio).
+
+prodlens records the request durations into the SDK histogram when the meter provider collects
+(off the request path, see docs/signals/metrics.md): so that their cost is counted, every
+contender's timed round ends with a collection by its metric reader (one per round of
+``--requests`` requests: more often than a 60 s export interval would, so pessimistic).
 
 Interleaved rounds (drift hits every contender alike), process CPU time per round; reported:
 median of per-round means, and the median over rounds of each contender's ratio to ``tagging``
@@ -46,7 +54,7 @@ from prodlens.instrumentor import ProdlensInstrumentor
 from prodlens.signals.metrics import CohortMetricsProcessor
 from prodlens.signals.sampling import ProdlensSampler
 
-CONTENDERS = ("tagging", "signals", "signals+sampler")
+CONTENDERS = ("tagging", "signals", "signals+sampler", "no-duration")
 HEADERS = {"x-customer-id": "acme", "x-plan": "pro", "x-region": "eu-west", "x-version": "2.3",
            "x-tier": "gold"}
 ENV = {
@@ -78,6 +86,11 @@ class Setup:
     reader: InMemoryMetricReader | None
     teardown: Callable[[], None]
 
+    def collect(self) -> None:
+        """What a periodic metric reader does: collect (prodlens flushes its durations)."""
+        if self.reader is not None:
+            self.reader.get_metrics_data()
+
 
 def setup(contender: str) -> Setup:
     sampler = ProdlensSampler(ratio=1.0, always="customer:globex") \
@@ -93,7 +106,8 @@ def setup(contender: str) -> Setup:
     if contender != "tagging":
         reader = InMemoryMetricReader()
         meter_provider = MeterProvider(metric_readers=[reader])
-        provider.add_span_processor(CohortMetricsProcessor(meter_provider=meter_provider))
+        provider.add_span_processor(CohortMetricsProcessor(
+            meter_provider=meter_provider, duration=contender != "no-duration"))
     app = flask.Flask(f"bench-{contender}")
     app.add_url_rule("/hello", "hello", lambda: "ok")
     FlaskInstrumentor().instrument_app(app, tracer_provider=provider)
@@ -160,10 +174,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for round_ in range(args.rounds):
         order = CONTENDERS if round_ % 2 == 0 else tuple(reversed(CONTENDERS))
         for contender in order:
-            run = setups[contender].run
+            made = setups[contender]
             gc.disable()
             start = time.process_time()
-            run(args.requests)
+            made.run(args.requests)
+            made.collect()
             elapsed = time.process_time() - start
             gc.enable()
             samples[contender].append(elapsed / args.requests * 1e6)

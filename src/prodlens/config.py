@@ -270,6 +270,9 @@ PARAMETERS: Final[tuple[Parameter, ...]] = (
     Parameter("metrics", "PRODLENS_METRICS", _parse_bool, "true", "bool",
               "Record RED metrics by cohort from local root spans (needs an SDK MeterProvider).",
               "false"),
+    Parameter("metrics_duration", "PRODLENS_METRICS_DURATION", _parse_bool, "true", "bool",
+              "Record the `prodlens.request.duration` histogram (~10 us of SDK work per "
+              "request); false keeps the exact request, error and repeat counters.", "false"),
     Parameter("metrics_customers", "PRODLENS_METRICS_CUSTOMERS", _parse_list, "", "list",
               "Customers that get their own metric series (explicit, bounded list).",
               "acme,globex"),
@@ -289,8 +292,8 @@ PARAMETERS: Final[tuple[Parameter, ...]] = (
               "Budget of forced 'always' decisions per second per process, so forged identity "
               "cannot force full sampling.", "50"),
     Parameter("storms", "PRODLENS_STORMS", _parse_bool, "true", "bool",
-              "Tag request roots with `prodlens.repeat_count` and count repeats (needs "
-              "PRODLENS_METRICS for the metric).", "false"),
+              "Tag request roots with `prodlens.repeat_count` and count repeats (part of the "
+              "metrics processor: only while PRODLENS_METRICS is on).", "false"),
     Parameter("storm_window_seconds", "PRODLENS_STORM_WINDOW_SECONDS",
               _float_parser(0.001, None), "60", "float",
               "Window for `prodlens.repeat_count`: repeats by one customer on one route.", "30"),
@@ -333,6 +336,7 @@ class Settings:
     propagate_to: tuple[str, ...] = ()
     celery_propagate: bool = True
     metrics: bool = True
+    metrics_duration: bool = True
     metrics_customers: tuple[str, ...] = ()
     metrics_top_customers: int = 0
     metrics_max_series: int = 2000

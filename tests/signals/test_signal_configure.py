@@ -65,3 +65,11 @@ def test_configure_attaches_metrics_and_sampler_records_unsampled_roots() -> Non
 def test_metrics_off_attaches_nothing_and_drops_unsampled_roots() -> None:
     result = run({"PRODLENS_SAMPLE_RATIO": "0", "PRODLENS_METRICS": "false"})
     assert result == {"exported": 0, "totals": {}}
+
+
+def test_storms_off_keeps_the_metrics() -> None:
+    result = run({"PRODLENS_SAMPLE_RATIO": "0", "PRODLENS_STORMS": "false"})
+    assert result == {"exported": 0, "totals": {
+        "prodlens.requests|free": 20, "prodlens.requests|pro": 20,
+        "prodlens.request.duration|free": 20, "prodlens.request.duration|pro": 20,
+    }}

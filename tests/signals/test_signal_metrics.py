@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 import pytest
-from opentelemetry import trace
+from opentelemetry import context, trace
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import (
@@ -185,3 +185,104 @@ def test_counts_are_exact_under_threads(signals: Any) -> None:
     assert s.by(REQUESTS, "prodlens.cohort.plan") == {"free": 1200, "pro": 1200}
     assert s.total(REQUESTS, {"error": "true"}) == 8 * 60
     assert sum(p.count for p in s.points(DURATION).values()) == 2400
+
+
+def test_shape_cache_is_bounded_and_counts_stay_exact(
+        signals: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prodlens.signals import metrics
+
+    monkeypatch.setattr(metrics, "MAX_SHAPES", 16)
+    s = signals(metrics_max_series=30, max_cohort_values=1000)
+    made: dict[tuple[str, str], int] = {}
+    for i in range(600):
+        plan = f"plan-{(i * 7) % 50}"  # 50 plans: shapes past the cache, series past the budget
+        status = (200, 404, 503)[i % 3]
+        serve(s, "acme", children=0, status=status, plan=plan)
+        made[plan, f"{status // 100}xx"] = made.get((plan, f"{status // 100}xx"), 0) + 1
+        assert s.processor.cache_sizes()[1] <= 16
+    points = s.points(REQUESTS)
+    assert sum(points.values()) == 600
+    assert sum(p.count for p in s.points(DURATION).values()) == 600
+    assert s.processor.series_count() == 30
+    admitted = {(dict(k)["prodlens.cohort.plan"], dict(k)["http.status_class"]): v
+                for k, v in points.items() if ("otel.metric.overflow", True) not in k}
+    assert len(admitted) == 30
+    assert all(made[key] == value for key, value in admitted.items())  # exact, cache or not
+
+
+def test_cached_shapes_count_exactly_and_reset_with_the_settings(signals: Any) -> None:
+    s = signals()
+    for _ in range(50):
+        serve(s, "acme", plan="pro", region="eu")
+        serve(s, "globex", "/pay", status=503, region="eu", plan="pro")  # other order, same set
+    layouts, shapes = s.processor.cache_sizes()
+    assert layouts <= 2 and shapes == 2
+    prodlens.configure(s.provider, environ={}, metrics=False, metrics_customers=["acme"])
+    for _ in range(10):
+        serve(s, "acme", plan="pro", region="eu")
+    base = {"prodlens.cohort.plan": "pro", "prodlens.cohort.region": "eu",
+            "service.name": "shop"}
+    assert s.points(REQUESTS) == {
+        frozenset({**base, "http.route": "/cart", "error": "false",
+                   "http.status_class": "2xx"}.items()): 50,
+        frozenset({**base, "http.route": "/pay", "error": "true",
+                   "http.status_class": "5xx"}.items()): 50,
+        frozenset({**base, "http.route": "/cart", "error": "false", "http.status_class": "2xx",
+                   "customer": "acme"}.items()): 10,
+    }
+
+
+def test_without_the_duration_histogram_counters_stay_exact(signals: Any) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from prodlens.signals.metrics import CohortMetricsProcessor
+
+    s = signals()
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    s.teardowns.append(meter_provider.shutdown)
+    s.provider.add_span_processor(CohortMetricsProcessor(meter_provider=meter_provider,
+                                                         storms=False, duration=False))
+    for i in range(30):
+        serve(s, f"c{i % 3}", status=500 if i % 3 == 0 else 200, plan="pro")
+    data = reader.get_metrics_data()
+    assert data is not None
+    totals = {m.name: sum(p.value for p in m.data.data_points)
+              for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+    assert totals == {REQUESTS: 30}
+    assert s.total(REQUESTS) == 30 and s.total(REQUESTS, {"error": "true"}) == 10
+
+
+def test_durations_carry_no_exemplars(signals: Any) -> None:
+    s = signals()
+    remote = trace.set_span_in_context(NonRecordingSpan(SpanContext(
+        0x1234, 0x5678, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))))
+    token = context.attach(remote)  # a sampled trace is current when the root ends
+    try:
+        serve(s, "acme", plan="pro", parent=remote)
+    finally:
+        context.detach(token)
+    (point,) = s.points(DURATION).values()
+    assert point.count == 1
+    assert list(point.exemplars) == []
+
+
+def test_durations_wait_for_collection_in_bounded_memory(
+        signals: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prodlens.signals import metrics
+
+    monkeypatch.setattr(metrics, "MAX_PENDING_DURATIONS", 8)
+    s = signals()
+    for i in range(20):
+        serve(s, f"c{i}", plan="pro")
+    assert s.processor.flush_durations() == 8  # the other 12 were recorded at once
+    assert s.processor.flush_durations() == 0
+    for _ in range(5):
+        serve(s, "acme", plan="pro")
+    (point,) = s.points(DURATION).values()  # the collection flushes the waiting 5
+    assert point.count == 25
+    assert s.processor.flush_durations() == 0
+    serve(s, "acme", plan="pro")
+    s.provider.force_flush()
+    assert s.processor.flush_durations() == 0

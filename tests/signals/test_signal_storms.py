@@ -210,3 +210,58 @@ def test_storm_processor_alone_tags_spans() -> None:
                 pass
     counts = [s.attributes.get("prodlens.repeat_count") for s in exporter.get_finished_spans()]
     assert counts == [1, None, 2, None, 3, None]
+
+
+def test_storms_off_keeps_metrics_on() -> None:
+    provider = TracerProvider()
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    prodlens.configure(provider, environ={"PRODLENS_STORMS": "false"}, metrics=False)
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    provider.add_span_processor(CohortMetricsProcessor(meter_provider=meter_provider))
+    tracer = provider.get_tracer("t")
+    try:
+        for _ in range(5):
+            with prodlens.tag("acme", plan="pro"):
+                with tracer.start_as_current_span("GET /x", kind=SpanKind.SERVER,
+                                                  attributes={"http.route": "/x"}):
+                    with tracer.start_as_current_span("child"):
+                        pass
+        with prodlens.tag(), tracer.start_as_current_span(
+                "GET /me", kind=SpanKind.SERVER, attributes={"http.route": "/me"}):
+            prodlens.identify("acme", plan="pro")  # late identity: would count at the end
+        spans = exporter.get_finished_spans()
+        assert len(spans) == 11
+        assert all("prodlens.repeat_count" not in s.attributes for s in spans)
+        data = reader.get_metrics_data()
+        assert data is not None
+        totals = {m.name: sum(getattr(p, "value", getattr(p, "count", 0))
+                              for p in m.data.data_points)
+                  for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+        assert totals == {"prodlens.requests": 6, "prodlens.request.duration": 6}
+    finally:
+        provider.shutdown()
+        meter_provider.shutdown()
+
+
+def test_two_taggers_on_one_provider_count_each_request_once() -> None:
+    provider, exporter, reader, _clock = make_manual()
+    provider.add_span_processor(StormSpanProcessor(RepeatTracker(60, 1000, clock=FakeClock())))
+    tracer = provider.get_tracer("t")
+    for _ in range(4):
+        with prodlens.tag("acme", plan="pro"):
+            with tracer.start_as_current_span("GET /x", kind=SpanKind.SERVER,
+                                              attributes={"http.route": "/x"}):
+                pass
+    counts = [s.attributes["prodlens.repeat_count"] for s in exporter.get_finished_spans()]
+    assert counts == [1, 2, 3, 4]
+    assert repeats_by_plan(reader) == {"pro": 2}
+
+
+def test_tracker_memory_is_one_int_per_pair() -> None:
+    tracker = RepeatTracker(60, 100, clock=FakeClock())
+    for i in range(1000):
+        tracker.hit(f"customer-{i}", "/cart")
+    assert len(tracker) <= 100
+    assert tracker.hit("customer-999", "/cart") == 2

@@ -19,7 +19,13 @@ Requests whose ``prodlens.repeat_count`` reaches ``PRODLENS_STORM_THRESHOLD`` ar
 Series are bounded: at most ``PRODLENS_METRICS_MAX_SERIES`` distinct attribute sets (shared by
 the three instruments); past it, points go to ``{otel.metric.overflow: true, error: ...}``
 (logged once). The two counters are asynchronous (totalled by prodlens, reported when the
-meter provider collects); the histogram is synchronous. Environment variables::
+meter provider collects). The histogram is synchronous, but a measurement costs ~10 us in the
+SDK (it validates and hashes the attribute set every time): prodlens queues each request's
+duration (at most ``MAX_PENDING_DURATIONS``; past it, it records at once) and records the queue
+when the meter provider collects, before it reads the histogram, so every collection holds
+every request that ended before it. The durations carry no exemplars: when a root span ends its
+trace is no longer the current context, and an exemplar would point at the wrong span or none.
+Environment variables::
 
     export PRODLENS_METRICS=true
     export PRODLENS_METRICS_CUSTOMERS=acme,globex
@@ -44,26 +50,28 @@ provider::
 from __future__ import annotations
 
 import heapq
-import logging
 import threading
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Final
 
 from opentelemetry import metrics
 from opentelemetry.context import Context
-from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
+from opentelemetry.metrics import CallbackOptions, Histogram, MeterProvider, Observation
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
-from opentelemetry.trace import StatusCode
+from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from prodlens import _runtime, attributes
 from prodlens._configure import register_processor_factory
-from prodlens._safety import internal_error, log_once
+from prodlens._safety import internal_error
 from prodlens.config import Settings
 from prodlens.pseudonym import compute_pseudonym
-from prodlens.signals.storms import REQUEST_KINDS, RepeatTracker, StormTagger, customer_of
+from prodlens.signals._series import Point, Series, SeriesTable
+from prodlens.signals.storms import RepeatTracker, StormTagger
 
 __all__ = ["DURATION_BUCKETS", "CohortMetricsProcessor", "TopCustomers", "processor_factory"]
 
@@ -75,8 +83,6 @@ _STATUS_CLASSES: Final = {n: f"{n}xx" for n in range(1, 6)}
 _TRUE: Final = "true"
 _FALSE: Final = "false"
 
-PointKey = tuple[tuple[str, AttributeValue], ...]
-Point = Mapping[str, AttributeValue]
 
 
 class TopCustomers:
@@ -120,67 +126,70 @@ class TopCustomers:
         return customer if customer in self._top else attributes.OTHER_VALUE
 
 
-class Series:
-    """One attribute set and its request and repeat totals (kept here, reported at collection)."""
+#: Distinct attribute-key orders of request roots remembered (a handful per application).
+MAX_LAYOUTS: Final = 64
+#: Request shapes (raw attribute values -> series) remembered; the table is emptied when full.
+MAX_SHAPES: Final = 4096
+#: Durations waiting for the next collection; past it, a duration is recorded at once.
+MAX_PENDING_DURATIONS: Final = 4096
+#: Durations are recorded outside any span (no exemplars: see the module docstring). Not an
+#: empty Context: the SDK takes ``context or get_current()``, and an empty one is falsy.
+_NO_CONTEXT: Final = Context({"prodlens.metrics": True})
 
-    __slots__ = ("attributes", "repeats", "requests")
 
-    def __init__(self, point: Point) -> None:
-        self.attributes = point
-        self.requests = 0
-        self.repeats = 0
+class _Layout:
+    """How to read the metric attributes of root spans whose attribute keys come in one order.
 
-
-class SeriesTable:
-    """Distinct metric attribute sets with their totals, bounded; thread-safe.
-
-    Past ``limit`` sets, every new set is recorded under the overflow set
-    ``{otel.metric.overflow: true, error: ...}`` (logged once, naming the setting).
+    Built once per distinct key tuple (one per framework and identity shape, in practice): the
+    cohort keys (sorted by name), which route and HTTP status keys are there, where the repeat
+    count and the customer are, and one getter that reads them all.
     """
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._series: dict[PointKey, Series] = {}
-        self.lock = threading.Lock()
-        self._overflow: dict[str, Series] = {
-            flag: Series({attributes.METRIC_OVERFLOW: True, attributes.METRIC_ERROR: flag})
-            for flag in (_TRUE, _FALSE)
-        }
+    __slots__ = ("cohorts", "customer_at", "pseudonymous", "read", "repeat_at", "route_at",
+                 "status_at", "width")
 
-    def __len__(self) -> int:
-        return len(self._series)
-
-    def get(self, key: PointKey, error: str) -> Series:
-        """The series for ``key`` (an attribute-item tuple), or the overflow series."""
-        found = self._series.get(key)
-        if found is not None:
-            return found
-        with self.lock:
-            found = self._series.get(key)
-            if found is not None:
-                return found
-            if len(self._series) >= self.limit:
-                log_once(
-                    "limit:metrics_max_series", logging.WARNING,
-                    "prodlens: the cohort metrics reached %d distinct attribute sets; further "
-                    "new sets are recorded under %s=true. Raise PRODLENS_METRICS_MAX_SERIES to "
-                    "allow more (each set is one time series per instrument in your backend).",
-                    self.limit, attributes.METRIC_OVERFLOW,
-                )
-                return self._overflow[error]
-            found = self._series[key] = Series(dict(key))
-            return found
-
-    def snapshot(self) -> list[tuple[Point, int, int]]:
-        """(attributes, requests, repeats) of every series that recorded something."""
-        with self.lock:
-            every = [*self._series.values(), *self._overflow.values()]
-            return [(x.attributes, x.requests, x.repeats) for x in every if x.requests]
+    def __init__(self, keys: tuple[str, ...], derived: _Derived) -> None:
+        present = set(keys)
+        self.cohorts = tuple(sorted(k for k in present if k.startswith(derived.prefix)))
+        read = list(self.cohorts)
+        self.route_at = self.status_at = self.repeat_at = self.customer_at = -1
+        if attributes.METRIC_ROUTE in present:
+            self.route_at = len(read)
+            read.append(attributes.METRIC_ROUTE)
+        status_key = next((k for k in _STATUS_KEYS if k in present), None)
+        if status_key is not None:
+            self.status_at = len(read)
+            read.append(status_key)
+        #: Values up to here identify the series; the rest are read for other uses.
+        self.width = len(read)
+        if attributes.REPEAT_COUNT_ATTRIBUTE in present:
+            self.repeat_at = len(read)
+            read.append(attributes.REPEAT_COUNT_ATTRIBUTE)
+        self.pseudonymous = attributes.PSEUDONYM_ATTRIBUTE in present
+        if derived.per_customer:
+            customer_key = (derived.customer_attribute if derived.customer_attribute in present
+                            else attributes.PSEUDONYM_ATTRIBUTE if self.pseudonymous else None)
+            if customer_key is not None:
+                self.customer_at = len(read)
+                read.append(customer_key)
+        self.read: Callable[[Mapping[str, AttributeValue]], tuple[AttributeValue, ...]]
+        if len(read) > 1:
+            self.read = itemgetter(*read)
+        elif read:
+            only = read[0]
+            self.read = lambda attrs: (attrs[only],)
+        else:
+            self.read = lambda attrs: ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _Derived:
-    """What the processor reads per request, derived once per settings generation."""
+    """What the processor reads per request, derived once per settings generation.
+
+    Also holds the per-generation caches (bounded): attribute layouts by key tuple, and the
+    series of each request shape, so a request seen before costs a few dict look-ups. A
+    settings change starts empty caches, so no cached budget decision outlives its settings.
+    """
 
     generation: int
     prefix: str
@@ -189,6 +198,22 @@ class _Derived:
     listed_pseudonyms: frozenset[str]
     top: TopCustomers | None
     threshold: int
+    layouts: dict[tuple[str, ...], _Layout] = field(default_factory=dict)
+    shapes: dict[tuple[object, ...], Series] = field(default_factory=dict)
+
+    @property
+    def per_customer(self) -> bool:
+        return bool(self.listed) or self.top is not None
+
+    def layout(self, keys: tuple[str, ...]) -> _Layout:
+        """The layout for ``keys`` (built and remembered on first sight)."""
+        found = self.layouts.get(keys)
+        if found is None:
+            found = _Layout(keys, self)
+            if len(self.layouts) >= MAX_LAYOUTS:
+                self.layouts.clear()
+            self.layouts[keys] = found
+        return found
 
 
 def _derive(settings: Settings, generation: int) -> _Derived:
@@ -214,8 +239,11 @@ class CohortMetricsProcessor(SpanProcessor):
 
     Args:
         meter_provider: where to record; default: the global meter provider.
-        storms: also track refresh storms (``prodlens.repeat_count`` and the storm metric).
+        storms: also track refresh storms (``prodlens.repeat_count`` and the storm metric)
+            while ``PRODLENS_STORMS`` is on; False: never.
         repeat_tracker: an explicit storm tracker (tests); default: built from the settings.
+        duration: record the duration histogram (the costliest part: ~10 us per request in
+            the SDK); False keeps the request and repeat counters only.
 
     Example::
 
@@ -236,6 +264,7 @@ class CohortMetricsProcessor(SpanProcessor):
         *,
         storms: bool = True,
         repeat_tracker: RepeatTracker | None = None,
+        duration: bool = True,
     ) -> None:
         from prodlens import __version__
 
@@ -249,24 +278,62 @@ class CohortMetricsProcessor(SpanProcessor):
             attributes.METRIC_REQUESTS, callbacks=[self._observe_requests], unit="{request}",
             description="Requests (local root server/consumer spans) by cohort, route, outcome.",
         )
-        self._duration = meter.create_histogram(
+        self._duration: Histogram | None = meter.create_histogram(
             attributes.METRIC_DURATION, unit="s",
             description="Duration of requests by cohort, route and outcome.",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-        )
+        ) if duration else None
         meter.create_observable_counter(
             attributes.METRIC_REPEATS, callbacks=[self._observe_repeats], unit="{request}",
             description="Requests whose prodlens.repeat_count reached PRODLENS_STORM_THRESHOLD.",
         )
         self.storms = StormTagger(repeat_tracker) if storms else None
+        #: (seconds, attribute set) per request, recorded into the histogram at collection.
+        self._pending_durations: deque[tuple[float, Point]] = deque()
         self._derived: _Derived | None = None
+        #: The last span resource seen and its service.name (one per tracer provider).
+        self._service_of: tuple[Resource | None, AttributeValue | None] = (None, None)
         self._lock = threading.Lock()
 
     def series_count(self) -> int:
         """Distinct attribute sets recorded so far (bounded by PRODLENS_METRICS_MAX_SERIES)."""
         return len(self._series)
 
+    def cache_sizes(self) -> tuple[int, int]:
+        """(attribute layouts, request shapes) cached now; bounded by MAX_LAYOUTS, MAX_SHAPES."""
+        derived = self._derived
+        return (0, 0) if derived is None else (len(derived.layouts), len(derived.shapes))
+
+    def flush_durations(self) -> int:
+        """Record the durations waiting for the next collection; how many there were.
+
+        Called by the meter provider's collection (before it reads the histogram), by
+        ``force_flush`` and ``shutdown``; call it before reading the histogram some other way.
+        """
+        duration = self._duration
+        pending = self._pending_durations
+        flushed = 0
+        if duration is None:
+            return flushed
+        record = duration.record
+        pop = pending.popleft
+        # Only what is there now: requests keep appending while this runs.
+        for _ in range(len(pending)):
+            try:
+                value, point = pop()
+            except IndexError:
+                break
+            record(value, point, context=_NO_CONTEXT)
+            flushed += 1
+        return flushed
+
     def _observe_requests(self, options: CallbackOptions) -> Iterable[Observation]:
+        # The SDK runs the asynchronous instruments' callbacks before it reads the synchronous
+        # ones, so durations flushed here are in this very collection.
+        try:
+            self.flush_durations()
+        except Exception as error:
+            internal_error("cohort metrics: durations", error)
         return [Observation(requests, point) for point, requests, _ in self._series.snapshot()]
 
     def _observe_repeats(self, options: CallbackOptions) -> Iterable[Observation]:
@@ -286,70 +353,117 @@ class CohortMetricsProcessor(SpanProcessor):
             return derived
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        storms = self.storms
+        if storms is None:
+            return
         try:
-            if self.storms is not None and _runtime._current.on:
-                self.storms.start(span)
+            if _runtime._current.on:
+                storms.start(span)
         except Exception as error:
             internal_error("storm tracking", error)
 
     def on_end(self, span: ReadableSpan) -> None:
         try:
+            # Cheapest tests first: most spans are children.
             parent = span.parent
-            if (parent is not None and not parent.is_remote) or span.kind not in REQUEST_KINDS:
+            if parent is not None and not parent.is_remote:
                 return
-            if not _runtime._current.on:
+            kind = span.kind
+            if kind is not SpanKind.SERVER and kind is not SpanKind.CONSUMER:
                 return
-            self._record(span)
+            runtime = _runtime._current
+            if not runtime.on:
+                return
+            derived = self._derived
+            if derived is None or derived.generation != runtime.generation:
+                derived = self._settings()
+            self._record(span, derived)
         except Exception as error:
             internal_error("cohort metrics", error)
 
-    def _record(self, span: ReadableSpan) -> None:
-        derived = self._settings()
+    def _record(self, span: ReadableSpan, derived: _Derived) -> None:
         attrs: Mapping[str, AttributeValue] = span.attributes or {}
-        prefix = derived.prefix
-        # Keys first: iterating an ended span's attribute keys is a plain dict iteration,
-        # while items() goes through the Mapping ABC (several times slower).
-        items: list[tuple[str, AttributeValue]] = [
-            (key, attrs[key]) for key in attrs if key.startswith(prefix)
-        ]
-        if len(items) > 1:
-            items.sort(key=itemgetter(0))  # one key per set, whatever the identity's order
-        route = attrs.get(attributes.METRIC_ROUTE)
-        items.append((attributes.METRIC_ROUTE, route if route is not None else span.name))
-        error = _TRUE if span.status.status_code is StatusCode.ERROR else _FALSE
-        items.append((attributes.METRIC_ERROR, error))
-        for status_key in _STATUS_KEYS:
-            status = attrs.get(status_key)
-            if status is not None:
-                status_class = _status_class(status)
-                if status_class is not None:
-                    items.append((attributes.METRIC_STATUS_CLASS, status_class))
-                break
-        service = span.resource.attributes.get(attributes.METRIC_SERVICE)
-        if service is not None:
-            items.append((attributes.METRIC_SERVICE, service))
-        if derived.listed or derived.top is not None:
-            items.append((attributes.METRIC_CUSTOMER, self._customer_label(derived, attrs)))
-        series = self._series.get(tuple(items), error)
+        # An ended span's attribute keys iterate as a plain dict: one tuple, one look-up.
+        keys = tuple(attrs)
+        layout = derived.layouts.get(keys)
+        if layout is None:
+            layout = derived.layout(keys)
+        values = layout.read(attrs)
+        error = span.status.status_code is StatusCode.ERROR
+        resource = span.resource
+        service_of = self._service_of  # one read: another provider's thread may replace it
+        if service_of[0] is not resource:
+            service_of = self._service_of = (
+                resource, resource.attributes.get(attributes.METRIC_SERVICE))
+        service = service_of[1]
+        label = (self._customer_label(derived, layout, values) if layout.customer_at >= 0
+                 else attributes.OTHER_VALUE if derived.per_customer else None)
+        identifying = values[:layout.width] if layout.width < len(values) else values
+        # The span name stands in for a missing route, so it is part of the shape then.
+        named = layout.route_at < 0 or values[layout.route_at] is None
+        shape = (layout, identifying, span.name if named else None, error, service, label)
+        try:
+            series = derived.shapes.get(shape)
+            cacheable = True
+        except TypeError:  # an unhashable attribute value (not from the SDK): no caching
+            series, cacheable = None, False
+        if series is None:
+            series = self._series_of(span, derived, layout, values, error, service, label)
+            if cacheable:
+                shapes = derived.shapes
+                if len(shapes) >= MAX_SHAPES:
+                    shapes.clear()
+                shapes[shape] = series
         repeated = False
-        if self.storms is not None:
-            repeats = self.storms.end(span, attrs)
-            repeated = repeats is not None and repeats >= derived.threshold
+        storms = self.storms
+        if storms is not None:
+            if layout.repeat_at >= 0:
+                repeats = values[layout.repeat_at]
+                repeated = isinstance(repeats, int) and repeats >= derived.threshold
+            else:
+                # Not tagged while open (identity or route known late, no child span).
+                counted = storms.count_untagged(span, attrs)
+                repeated = counted is not None and counted >= derived.threshold
         with self._series.lock:
             series.requests += 1
             if repeated:
                 series.repeats += 1
-        start, end = span.start_time, span.end_time
-        if start is not None and end is not None:
-            self._duration.record(max(end - start, 0) / 1e9, series.attributes)
+        duration = self._duration
+        if duration is not None:
+            start, end = span.start_time, span.end_time
+            if start is not None and end is not None:
+                seconds = max(end - start, 0) / 1e9
+                pending = self._pending_durations
+                if len(pending) < MAX_PENDING_DURATIONS:
+                    pending.append((seconds, series.attributes))
+                else:  # nobody collects (or not often enough): record now, memory stays bounded
+                    duration.record(seconds, series.attributes, context=_NO_CONTEXT)
+
+    def _series_of(self, span: ReadableSpan, derived: _Derived, layout: _Layout,
+                   values: tuple[AttributeValue, ...], error: bool,
+                   service: AttributeValue | None, label: str | None) -> Series:
+        """The series of a request shape not seen before (builds its attribute set)."""
+        items: list[tuple[str, AttributeValue]] = list(zip(layout.cohorts, values, strict=False))
+        route = values[layout.route_at] if layout.route_at >= 0 else None
+        items.append((attributes.METRIC_ROUTE, route if route is not None else span.name))
+        error_text = _TRUE if error else _FALSE
+        items.append((attributes.METRIC_ERROR, error_text))
+        if layout.status_at >= 0:
+            status_class = _status_class(values[layout.status_at])
+            if status_class is not None:
+                items.append((attributes.METRIC_STATUS_CLASS, status_class))
+        if service is not None:
+            items.append((attributes.METRIC_SERVICE, service))
+        if label is not None:
+            items.append((attributes.METRIC_CUSTOMER, label))
+        return self._series.get(tuple(items), error_text)
 
     @staticmethod
-    def _customer_label(derived: _Derived, attrs: Mapping[str, AttributeValue]) -> str:
-        customer = customer_of(attrs, derived.customer_attribute)
-        if customer is None:
-            return attributes.OTHER_VALUE
-        pseudonymous = attributes.PSEUDONYM_ATTRIBUTE in attrs
-        listed = derived.listed_pseudonyms if pseudonymous else derived.listed
+    def _customer_label(derived: _Derived, layout: _Layout,
+                        values: tuple[AttributeValue, ...]) -> str:
+        value = values[layout.customer_at]
+        customer = value if isinstance(value, str) else str(value)
+        listed = derived.listed_pseudonyms if layout.pseudonymous else derived.listed
         if customer in listed:
             return customer
         if derived.top is not None:
@@ -357,9 +471,16 @@ class CohortMetricsProcessor(SpanProcessor):
         return attributes.OTHER_VALUE
 
     def shutdown(self) -> None:
-        return None
+        try:
+            self.flush_durations()
+        except Exception as error:
+            internal_error("cohort metrics: durations", error)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
+        try:
+            self.flush_durations()
+        except Exception as error:
+            internal_error("cohort metrics: durations", error)
         return True
 
 
@@ -376,7 +497,7 @@ def processor_factory(settings: Settings, provider: TracerProvider) -> SpanProce
     ``PRODLENS_METRICS`` is on, recording through the global meter provider."""
     if not settings.metrics:
         return None
-    return CohortMetricsProcessor()
+    return CohortMetricsProcessor(duration=settings.metrics_duration)
 
 
 register_processor_factory(processor_factory)

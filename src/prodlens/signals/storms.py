@@ -9,8 +9,10 @@ whose count reaches ``PRODLENS_STORM_THRESHOLD`` (``prodlens.requests.repeated``
 
 Memory is bounded: at most ``PRODLENS_STORM_MAX_KEYS`` customer-route pairs are remembered (least
 recently seen are forgotten first), each as a two-bucket sliding-window counter keyed by a
-64-bit hash (the customer id itself is not kept). Environment variables::
+64-bit hash (the customer id itself is not kept). ``PRODLENS_STORMS=false`` turns storm
+tracking off (the cohort metrics stay on). Environment variables::
 
+    export PRODLENS_STORMS=true
     export PRODLENS_STORM_WINDOW_SECONDS=60
     export PRODLENS_STORM_MAX_KEYS=100000
     export PRODLENS_STORM_THRESHOLD=3
@@ -114,7 +116,7 @@ class RepeatTracker:
                 last_count = entry & _COUNT_MASK
                 if last_bucket == bucket:
                     previous = (entry >> _COUNT_BITS) & _COUNT_MASK
-                    count = min(last_count + 1, _COUNT_MASK)
+                    count = last_count + 1 if last_count < _COUNT_MASK else last_count
                 elif last_bucket == bucket - 1:
                     previous, count = last_count, 1
                 else:
@@ -148,9 +150,20 @@ def customer_of(attrs: Mapping[str, AttributeValue], customer_attribute: str) ->
     return value if isinstance(value, str) else str(value)
 
 
-def _is_local_root(span: ReadableSpan) -> bool:
+def is_request_root(span: ReadableSpan) -> bool:
+    """True for a local root (no parent, or a remote one) of kind SERVER or CONSUMER."""
     parent = span.parent
-    return parent is None or parent.is_remote
+    if parent is not None and not parent.is_remote:
+        return False
+    kind = span.kind
+    # Identity tests: ``kind in frozenset`` hashes the enum in Python (enum.__hash__).
+    return kind is SpanKind.SERVER or kind is SpanKind.CONSUMER
+
+
+class _Claims(threading.local):
+    """The span id this thread's taggers last saw at a root's start (see StormTagger.start)."""
+
+    span_id = 0
 
 
 class StormTagger:
@@ -167,19 +180,32 @@ class StormTagger:
     * otherwise never on the span; :meth:`end` still counts the request, so the storm metric
       covers it.
 
+    Inert while ``PRODLENS_STORMS`` is off (re-read when the settings change).
+
     Args:
         tracker: the counter; default: one built from the settings in force (rebuilt when
             ``prodlens.configure()`` changes them).
     """
 
+    #: Shared by every tagger: the processors of one provider run one after the other on the
+    #: same thread for a span's start, so a second tagger sees the first one's claim.
+    _claims: Final = _Claims()
+
     def __init__(self, tracker: RepeatTracker | None = None) -> None:
         self._fixed = tracker
         self._tracker = tracker
         self._generation = -1
+        self._enabled = True
         self._customer_attribute = attributes.DEFAULT_CUSTOMER_ATTRIBUTE
         #: Open request roots whose customer or route was unknown at start, by span id.
         self._pending: dict[int, Span] = {}
         self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        """``PRODLENS_STORMS`` in force."""
+        self._refresh()
+        return self._enabled
 
     def tracker(self) -> RepeatTracker:
         """The tracker in use (for inspection and tests)."""
@@ -200,47 +226,59 @@ class StormTagger:
                     self._tracker = RepeatTracker(settings.storm_window_seconds,
                                                   settings.storm_max_keys)
             self._customer_attribute = settings.customer_attribute
+            self._enabled = settings.storms
+            if not self._enabled:
+                self._pending.clear()
             self._generation = runtime.generation
 
     def start(self, span: Span) -> None:
         """Count the request and tag the span now if it is a root whose pair is known."""
         parent = span.parent
-        if parent is None or parent.is_remote:
-            if span.kind not in REQUEST_KINDS:
-                return
-            if _runtime._current.generation != self._generation:
-                self._refresh()
-            attrs = span.attributes
-            if attrs is None:
-                return
-            if attributes.REPEAT_COUNT_ATTRIBUTE in attrs:
-                return  # another prodlens processor on this provider counted it
-            if not self._try_tag(span, attrs):
-                pending = self._pending
-                pending[span.context.span_id] = span
-                if len(pending) > MAX_PENDING:
-                    with self._lock:
-                        for key in list(islice(pending, len(pending) - MAX_PENDING)):
-                            pending.pop(key, None)
-        elif self._pending:
-            self._tag_pending_root(parent.span_id)
-
-    def _route(self, span: ReadableSpan, attrs: Mapping[str, AttributeValue]) -> str | None:
-        route = attrs.get(_ROUTE)
-        if route is not None:
-            return str(route)
-        # A consumer span's name is its destination or task ("run/app.tasks.send"): stable.
-        return span.name if span.kind is SpanKind.CONSUMER else None
+        if parent is not None and not parent.is_remote:
+            # A child span: nothing to do unless a root waits for its customer or route.
+            if self._pending:
+                self._tag_pending_root(parent.span_id)
+            return
+        kind = span.kind
+        if kind is not SpanKind.SERVER and kind is not SpanKind.CONSUMER:
+            return
+        if _runtime._current.generation != self._generation:
+            self._refresh()
+        if not self._enabled:
+            return
+        span_id = span.context.span_id
+        claims = self._claims
+        if claims.span_id == span_id:
+            return  # another prodlens tagger on this provider counts this request
+        claims.span_id = span_id
+        if not self._try_tag(span, span.attributes or {}):
+            pending = self._pending
+            pending[span_id] = span
+            if len(pending) > MAX_PENDING:
+                with self._lock:
+                    for key in list(islice(pending, len(pending) - MAX_PENDING)):
+                        pending.pop(key, None)
 
     def _try_tag(self, span: Span, attrs: Mapping[str, AttributeValue]) -> bool:
-        customer = customer_of(attrs, self._customer_attribute)
+        customer = attrs.get(self._customer_attribute)
         if customer is None:
-            return False
-        route = self._route(span, attrs)
+            customer = attrs.get(attributes.PSEUDONYM_ATTRIBUTE)
+            if customer is None:
+                return False
+        route = attrs.get(_ROUTE)
         if route is None:
-            return False
-        assert self._tracker is not None
-        span.set_attribute(attributes.REPEAT_COUNT_ATTRIBUTE, self._tracker.hit(customer, route))
+            # A consumer span's name is its destination or task ("run/app.tasks.send"): stable.
+            if span.kind is not SpanKind.CONSUMER:
+                return False
+            route = span.name
+        # The same pair as count_untagged (text), whatever type the attribute had.
+        if type(customer) is not str:
+            customer = str(customer)
+        if type(route) is not str:
+            route = str(route)
+        tracker = self._tracker
+        assert tracker is not None
+        span.set_attribute(attributes.REPEAT_COUNT_ATTRIBUTE, tracker.hit(customer, route))
         return True
 
     def _tag_pending_root(self, span_id: int) -> None:
@@ -263,13 +301,14 @@ class StormTagger:
             attrs: Mapping[str, AttributeValue] | None = None) -> int | None:
         """The request's repeat count, counting it now if it was not tagged while open.
 
-        Returns None for spans that are not request roots, or that carry no customer.
+        Returns None for spans that are not request roots, that carry no customer, or while
+        ``PRODLENS_STORMS`` is off.
 
         Args:
             span: the ended span.
             attrs: its attributes, if the caller already has them.
         """
-        if not _is_local_root(span) or span.kind not in REQUEST_KINDS:
+        if not is_request_root(span):
             return None
         if self._pending:
             self._pending.pop(span.context.span_id, None)
@@ -278,7 +317,16 @@ class StormTagger:
         tagged = attrs.get(attributes.REPEAT_COUNT_ATTRIBUTE)
         if isinstance(tagged, int):
             return tagged
+        return self.count_untagged(span, attrs)
+
+    def count_untagged(self, span: ReadableSpan,
+                       attrs: Mapping[str, AttributeValue]) -> int | None:
+        """Count an ended request root that was not tagged while open (see :meth:`end`)."""
+        if self._pending:
+            self._pending.pop(span.context.span_id, None)
         self._refresh()
+        if not self._enabled:
+            return None
         customer = customer_of(attrs, self._customer_attribute)
         if customer is None:
             return None

@@ -1,8 +1,13 @@
 """Per-request overhead of prodlens on top of a framework's own OpenTelemetry instrumentation.
 
 One process, in-process clients (no sockets: we measure framework + instrumentation work, not
-the network), a trivial view, interleaved rounds so drift hits every contender alike; the median of per-round means,
-and the median over rounds of each contender's ratio to the OTel-only baseline of the same round. Contenders per framework:
+the network), a trivial view. Every contender's app is built once; prodlens is instrumented just
+before each of its blocks and uninstrumented after (its patches are class-wide), and short blocks
+of requests run in interleaved rounds (order rotated each round) so drift on a shared machine
+hits every contender alike. Reported per contender: the median of per-block means, the median
+over rounds of its ratio to the OTel-only block of the same round (with the IQR of that ratio),
+and the ratio of 10th percentiles of block means, which resists CPU contention from other
+processes (contention only ever adds time). Contenders per framework:
 
 Every contender serves the same request (5 identity headers and a 5-entry ``baggage``):
 
@@ -16,7 +21,7 @@ Frameworks: Flask (``app.test_client()``-style WSGI call) and FastAPI (a direct 
 one event loop); a framework whose prodlens integration is missing is reported as such. Run::
 
     /work/venv/bin/python bench/bench_integrations.py                  # ~1 min
-    /work/venv/bin/python bench/bench_integrations.py --rounds 30 --requests 2000
+    /work/venv/bin/python bench/bench_integrations.py --rounds 120 --requests 200
 """
 
 from __future__ import annotations
@@ -71,6 +76,9 @@ class Setup:
     request: Callable[[int], None]  # run n requests
     teardown: Callable[[], None]
     exporter: Keep
+    #: Turn this contender's prodlens on / off around each of its blocks (no-ops without it).
+    enable: Callable[[], None]
+    disable: Callable[[], None]
 
 
 def provider_for(contender: str) -> tuple[TracerProvider, Keep]:
@@ -90,12 +98,21 @@ def request_headers(contender: str) -> dict[str, str]:
     return {**HEADERS, "baggage": PRODLENS_BAGGAGE}
 
 
-def prodlens_on(contender: str, provider: TracerProvider) -> Callable[[], None]:
+def prodlens_switch(contender: str, provider: TracerProvider) -> tuple[Callable[[], None],
+                                                                        Callable[[], None]]:
+    """(enable, disable) of prodlens for one contender; its patches are class-wide, so only
+    one contender's prodlens may be on at a time."""
     if contender.startswith("prodlens"):
         env = HEADER_ENV if contender == "prodlens" else BAGGAGE_ENV
-        ProdlensInstrumentor().instrument(tracer_provider=provider, environ=env)
-        return lambda: ProdlensInstrumentor().uninstrument()
-    return lambda: None
+
+        def enable() -> None:
+            ProdlensInstrumentor().instrument(tracer_provider=provider, environ=env)
+
+        def disable() -> None:
+            ProdlensInstrumentor().uninstrument()
+
+        return enable, disable
+    return (lambda: None), (lambda: None)
 
 
 # --------------------------------------------------------------------------- Flask
@@ -106,7 +123,7 @@ def flask_setup(contender: str) -> Setup:
     from opentelemetry.instrumentation.flask import FlaskInstrumentor
 
     provider, exporter = provider_for(contender)
-    undo = prodlens_on(contender, provider)
+    enable, disable = prodlens_switch(contender, provider)
     app = flask.Flask("bench")
     app.add_url_rule("/hello", "hello", lambda: "ok")
     FlaskInstrumentor().instrument_app(app, tracer_provider=provider)
@@ -136,10 +153,9 @@ def flask_setup(contender: str) -> Setup:
 
     def teardown() -> None:
         FlaskInstrumentor().uninstrument_app(app)
-        undo()
         provider.shutdown()
 
-    return Setup(run, teardown, exporter)
+    return Setup(run, teardown, exporter, enable, disable)
 
 
 # --------------------------------------------------------------------------- FastAPI
@@ -160,7 +176,7 @@ def fastapi_setup(contender: str) -> Setup:
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
     provider, exporter = provider_for(contender)
-    undo = prodlens_on(contender, provider)
+    enable, disable = prodlens_switch(contender, provider)
     app = fastapi.FastAPI()
 
     @app.get("/hello")
@@ -190,11 +206,10 @@ def fastapi_setup(contender: str) -> Setup:
 
     def teardown() -> None:
         FastAPIInstrumentor.uninstrument_app(app)
-        undo()
         provider.shutdown()
         loop.close()
 
-    return Setup(run, teardown, exporter)
+    return Setup(run, teardown, exporter, enable, disable)
 
 
 # --------------------------------------------------------------------------- harness
@@ -206,36 +221,39 @@ FRAMEWORKS: dict[str, tuple[Callable[[str], Setup], Callable[[], str | None]]] =
 
 
 def server_tags(setup: Setup) -> dict[str, Any]:
-    setup.request(1)
+    setup.enable()
+    try:
+        setup.request(1)
+    finally:
+        setup.disable()
     span = setup.exporter.last
     assert span is not None
     return {k: v for k, v in (span.attributes or {}).items()
             if k == "enduser.id" or k.startswith("prodlens.")}
 
 
-def check(framework: str, contender: str) -> str | None:
+def check(contender: str, setup: Setup) -> str | None:
     """None if the contender puts 5 identity attributes on the server span; else why not."""
-    setup = FRAMEWORKS[framework][0](contender)
-    try:
-        tags = server_tags(setup)
-    finally:
-        setup.teardown()
+    tags = server_tags(setup)
     expected = 0 if contender == "otel" else 5
     if len(tags) != expected:
         return f"server span carries {len(tags)} identity attributes, expected {expected}: {tags}"
     return None
 
 
-def bench(framework: str, rounds: int, requests: int) -> dict[str, list[float]]:
+def bench(setups: dict[str, Setup], rounds: int, requests: int) -> dict[str, list[float]]:
     """Microseconds per request per contender, one sample per round."""
     samples: dict[str, list[float]] = {c: [] for c in CONTENDERS}
-    factory = FRAMEWORKS[framework][0]
     for round_no in range(rounds):
-        order = CONTENDERS if round_no % 2 == 0 else tuple(reversed(CONTENDERS))
+        shift = round_no % len(CONTENDERS)
+        order = CONTENDERS[shift:] + CONTENDERS[:shift]
+        if round_no // len(CONTENDERS) % 2:
+            order = tuple(reversed(order))
         for contender in order:
-            setup = factory(contender)
+            setup = setups[contender]
+            setup.enable()
             try:
-                setup.request(min(200, requests))  # warm-up
+                setup.request(max(10, requests // 10))  # warm-up (caches, branch predictors)
                 gc.collect()
                 gc.disable()
                 # CPU time of this process: other processes on a shared machine skew wall time.
@@ -244,37 +262,47 @@ def bench(framework: str, rounds: int, requests: int) -> dict[str, list[float]]:
                 elapsed = time.process_time() - start
                 gc.enable()
             finally:
-                setup.teardown()
+                setup.disable()
             samples[contender].append(elapsed / requests * 1e6)
     return samples
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=60)
+    parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--frameworks", default="flask,fastapi")
     args = parser.parse_args(argv)
     print(f"python {sys.version.split()[0]}, {args.rounds} interleaved rounds x "
-          f"{args.requests} requests, process CPU time, median of per-round means")
+          f"{args.requests} requests, process CPU time")
     for framework in args.frameworks.split(","):
-        missing = FRAMEWORKS[framework][1]()
+        factory, missing_check = FRAMEWORKS[framework]
+        missing = missing_check()
         if missing:
             print(f"\n{framework}: skipped ({missing})")
             continue
-        problems = {c: check(framework, c) for c in CONTENDERS}
-        samples = bench(framework, args.rounds, args.requests)
+        setups = {c: factory(c) for c in CONTENDERS}
+        try:
+            problems = {c: check(c, setups[c]) for c in CONTENDERS}
+            samples = bench(setups, args.rounds, args.requests)
+        finally:
+            for setup in setups.values():
+                setup.teardown()
         print(f"\n{framework}: per request, on top of the framework's OTel instrumentation "
-              "(ratio: median over rounds of contender / otel in the same round)")
-        print(f"  {'contender':<20} {'us/request':>11} {'vs otel':>9} {'added':>8} "
-              f"{'IQR of ratio':>15}")
+              "(paired: median over rounds of contender / otel in the same round; "
+              "p10: ratio of 10th percentiles)")
+        print(f"  {'contender':<20} {'us/request':>11} {'paired':>9} {'added':>8} "
+              f"{'IQR of paired':>15} {'p10':>8} {'added':>8}")
+        p10_otel = statistics.quantiles(samples["otel"], n=10)[0]
         for contender in CONTENDERS:
             ratios = sorted(c / o for c, o in zip(samples[contender], samples["otel"], strict=True))
             ratio = statistics.median(ratios)
             q1, _, q3 = statistics.quantiles(ratios, n=4)
+            p10 = statistics.quantiles(samples[contender], n=10)[0] / p10_otel
             note = f"  !! {problems[contender]}" if problems[contender] else ""
             print(f"  {contender:<20} {statistics.median(samples[contender]):>11.1f} "
-                  f"{ratio:>8.3f}x {(ratio - 1) * 100:>+7.1f}% {q1:>7.3f}-{q3:.3f}{note}")
+                  f"{ratio:>8.3f}x {(ratio - 1) * 100:>+7.1f}% {q1:>7.3f}-{q3:.3f} "
+                  f"{p10:>7.3f}x {(p10 - 1) * 100:>+7.1f}%{note}")
     return 0
 
 

@@ -26,6 +26,7 @@ from prodlens.identity import SCOPE
 __all__ = ["ProdlensSpanProcessor", "open_span_count"]
 
 _OPEN = OPEN_SPANS.table
+_OPEN_POP = _OPEN.pop
 _SCOPE_GET = SCOPE.get
 
 
@@ -61,7 +62,7 @@ class ProdlensSpanProcessor(SpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         try:
-            _OPEN.pop(span.context.span_id, None)
+            _OPEN_POP(span.context.span_id, None)
         except Exception as error:
             internal_error("span end", error)
 

@@ -26,9 +26,9 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeVar
 
 from prodlens import attributes
 from prodlens.baggage import identity_from_members, parse_header
@@ -38,14 +38,19 @@ from prodlens.identity import Identity, build, normalize_cohorts, normalize_cust
 __all__ = [
     "EARLY_KINDS",
     "LATE_KINDS",
+    "HeaderPlan",
     "RequestView",
+    "SourcePlan",
     "bearer_claims",
     "claim",
     "cookie_value",
+    "environ_key",
+    "header_plan",
     "needs_late",
     "query_value",
     "resolve_early",
     "resolve_late",
+    "source_plan",
     "strip_prodlens_members",
     "uses_baggage",
 ]
@@ -65,6 +70,7 @@ MAX_CLAIM_DEPTH: Final = 16
 #: Decoded token payloads remembered (by digest); cleared past this size.
 MAX_CACHED_CLAIMS: Final = 512
 _UNCACHEABLE: Final = object()
+_R = TypeVar("_R")
 _claims_cache: dict[bytes, Mapping[str, object] | None] = {}
 
 
@@ -204,10 +210,70 @@ def strip_prodlens_members(header: str) -> str:
 
 #: Identities cached per settings, by the texts they were built from; cleared past this size.
 MAX_CACHED_IDENTITIES: Final = 1024
+#: Early identities are cached by the raw header values they came from only while those
+#: values total at most this many characters (the cache then holds at most ~4 MiB of keys).
+MAX_RAW_KEY_CHARS: Final = 4096
+#: Early source kinds that read nothing but request headers (jwt: ``authorization``).
+_HEADER_KINDS: Final = frozenset({"header", "jwt", "baggage"})
+_SPECIAL_HEADERS: Final = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
+
+
+def environ_key(name: str) -> str:
+    """The WSGI environ key of header ``name`` (lower-case), e.g. ``HTTP_X_CUSTOMER_ID``."""
+    return _SPECIAL_HEADERS.get(name) or "HTTP_" + name.upper().replace("-", "_")
+
+
+class HeaderPlan:
+    """Early resolution when every early source reads only headers (header, jwt, baggage).
+
+    The early identity is then a function of a few raw header values, so it is cached by the
+    tuple of those values as the framework holds them (WSGI environ strings, ASGI bytes): a
+    request of a known customer costs one tuple and one dict look-up. Built once per Settings.
+    """
+
+    __slots__ = ("_cache", "asgi_names", "environ_keys", "names", "settings")
+
+    def __init__(self, settings: Settings, names: tuple[str, ...]) -> None:
+        self.settings = settings
+        #: Lower-case header names, in key order.
+        self.names = names
+        #: The same headers as WSGI environ keys, in key order.
+        self.environ_keys = tuple(environ_key(name) for name in names)
+        #: ASGI header name (lower-case bytes) -> position in the key.
+        self.asgi_names = {name.encode("latin-1"): i for i, name in enumerate(names)}
+        self._cache: dict[tuple[object, ...], Identity | None] = {}
+
+    def resolve(self, raw: tuple[object, ...], view: Callable[[_R], RequestView],
+                request: _R) -> Identity | None:
+        """The early identity of a request whose headers ``names`` have the values ``raw``
+        (None when absent); ``view(request)`` is built and read only when ``raw`` was not seen
+        before. Never raises."""
+        cache = self._cache
+        try:
+            hit = cache.get(raw, _UNCACHEABLE)
+        except TypeError:  # an unhashable header value (not str/bytes): no caching
+            return resolve_early(view(request), self.settings)
+        if hit is not _UNCACHEABLE:
+            return hit  # type: ignore[return-value]
+        identity = resolve_early(view(request), self.settings)
+        size = 0
+        for value in raw:
+            if isinstance(value, (str, bytes)):
+                size += len(value)
+            elif value is not None:
+                return identity  # an unusual value: resolved, never kept as a key
+        if size <= MAX_RAW_KEY_CHARS:
+            if len(cache) >= MAX_CACHED_IDENTITIES:
+                cache.clear()
+            cache[raw] = identity
+        return identity
+
+    def __len__(self) -> int:
+        return len(self._cache)
 
 
 @dataclass(frozen=True, slots=True)
-class _Plan:
+class SourcePlan:
     """What a Settings object asks of a request, computed once per Settings."""
 
     customer: tuple[Source, ...]
@@ -216,6 +282,8 @@ class _Plan:
     late_cohorts: tuple[tuple[str, tuple[Source, ...]], ...]
     late: bool
     baggage: bool
+    #: Set when every early source reads only headers (see :class:`HeaderPlan`).
+    headers: HeaderPlan | None
     #: Built identities by (late?, customer text, cohort texts...): requests of a customer
     #: repeat, and normalising, bounding and building an identity costs more than reading it.
     identities: dict[tuple[object, ...], Identity | None] = field(
@@ -223,29 +291,61 @@ class _Plan:
     )
 
 
-_plans: dict[int, tuple[Settings, _Plan]] = {}
+_plans: dict[int, tuple[Settings, SourcePlan]] = {}
+#: The plan of the settings asked for last: one identity check on the per-request path.
+_last: tuple[Settings | None, SourcePlan | None] = (None, None)
 
 
-def _plan(settings: Settings) -> _Plan:
+def _header_plan(settings: Settings, every: list[Source]) -> HeaderPlan | None:
+    names: list[str] = []
+    for source in every:
+        kind = source.kind
+        if kind in LATE_KINDS:
+            continue  # not read by early resolution
+        if kind not in _HEADER_KINDS:
+            return None  # cookie, query: keyed on values that vary per request; no cache
+        name = (source.name if kind == "header" else
+                "authorization" if kind == "jwt" else "baggage")
+        if name not in names:
+            names.append(name)
+    return HeaderPlan(settings, tuple(names))
+
+
+def _plan(settings: Settings) -> SourcePlan:
+    global _last
+    last_settings, last_plan = _last
+    if last_settings is settings and last_plan is not None:
+        return last_plan
     cached = _plans.get(id(settings))
     if cached is not None and cached[0] is settings:
+        _last = cached
         return cached[1]
     cohorts = tuple(settings.cohort_sources.items())
     every = [*settings.customer_from, *(s for _, sources in cohorts for s in sources)]
     late_customer = any(s.kind in LATE_KINDS for s in settings.customer_from)
     late_cohorts = tuple((n, ss) for n, ss in cohorts if any(s.kind in LATE_KINDS for s in ss))
-    plan = _Plan(
+    plan = SourcePlan(
         customer=settings.customer_from,
         cohorts=cohorts,
         late_customer=late_customer,
         late_cohorts=late_cohorts,
         late=late_customer or bool(late_cohorts),
         baggage=any(s.kind == "baggage" for s in every),
+        headers=_header_plan(settings, every),
     )
     if len(_plans) > 8:
         _plans.clear()
-    _plans[id(settings)] = (settings, plan)
+    _plans[id(settings)] = _last = (settings, plan)
     return plan
+
+
+def source_plan(settings: Settings) -> SourcePlan:
+    """What ``settings`` asks of each request (late sources? baggage? header-only early
+    sources?), computed once per Settings; the per-request check is one identity test."""
+    last_settings, last_plan = _last
+    if last_settings is settings and last_plan is not None:
+        return last_plan
+    return _plan(settings)
 
 
 def needs_late(settings: Settings) -> bool:
@@ -256,6 +356,12 @@ def needs_late(settings: Settings) -> bool:
 def uses_baggage(settings: Settings) -> bool:
     """True if inbound baggage is a configured source (so it is read, and then stripped)."""
     return _plan(settings).baggage
+
+
+def header_plan(settings: Settings) -> HeaderPlan | None:
+    """The raw-header-keyed early resolver for ``settings``, or None when an early source
+    reads a cookie or the query string (then call :func:`resolve_early`)."""
+    return _plan(settings).headers
 
 
 class _Reader:

@@ -34,16 +34,15 @@ from opentelemetry.sdk.trace import Span
 
 from prodlens import _runtime
 from prodlens._safety import internal_error
-from prodlens.identity import Scope, apply, close_scope, merge, open_scope
+from prodlens.identity import SCOPE, Scope, apply, close_scope, merge, open_scope
 from prodlens.integrations import _patching
 from prodlens.integrations._sources import (
     cookie_value,
-    needs_late,
     query_value,
     resolve_early,
     resolve_late,
+    source_plan,
     strip_prodlens_members,
-    uses_baggage,
 )
 
 __all__ = [
@@ -180,6 +179,31 @@ def _strip_inbound_baggage(scope: ASGIScope) -> None:
         scope["headers"] = rewritten
 
 
+def _early_key(scope: ASGIScope, names: dict[bytes, int], count: int) -> tuple[object, ...] | None:
+    """The raw values (bytes, or None when absent) of the headers ``names`` in one pass over
+    ``scope["headers"]``, in key order; None when they cannot key the cache (a wanted header
+    repeated, a value that is not bytes, a malformed header list): then resolve in full."""
+    values: list[object] = [None] * count
+    headers = scope.get("headers")
+    if count and headers:
+        get = names.get
+        try:
+            for name, value in headers:
+                index = get(name)
+                if index is None:
+                    if name.islower():  # ASGI names are lower-case; tolerate others
+                        continue
+                    index = get(name.lower())
+                    if index is None:
+                        continue
+                if value.__class__ is not bytes or values[index] is not None:
+                    return None
+                values[index] = value
+        except (TypeError, ValueError, AttributeError):
+            return None
+    return tuple(values)
+
+
 def enter_request(scope: ASGIScope, *, with_late: bool) -> contextvars.Token[Scope | None] | None:
     """Open the request's prodlens scope with its early identity (and, with ``with_late``, the
     ``user`` an outer authentication middleware set). None when prodlens is off, the connection
@@ -187,28 +211,41 @@ def enter_request(scope: ASGIScope, *, with_late: bool) -> contextvars.Token[Sco
     try:
         if scope.get("type") not in _HTTP_TYPES or scope.get(SCOPE_KEY):
             return None
-        runtime = _runtime.current()
-        if not runtime.enabled:
+        runtime = _runtime._current
+        if not runtime.on:
             return None
         settings = runtime.settings
-        view = ASGIScopeView(scope)
-        identity = resolve_early(view, settings)
-        if with_late and needs_late(settings):
-            late = resolve_late(view, settings)
+        plan = source_plan(settings)
+        headers = plan.headers
+        key = None if headers is None else _early_key(scope, headers.asgi_names,
+                                                      len(headers.names))
+        if headers is not None and key is not None:
+            # Header-only sources: the identity is cached by the raw header values.
+            identity = headers.resolve(key, ASGIScopeView, scope)
+            if plan.baggage:
+                index = headers.asgi_names.get(b"baggage")
+                inbound = None if index is None else key[index]
+                if isinstance(inbound, bytes) and b"prodlens." in inbound:
+                    _strip_inbound_baggage(scope)
+        else:
+            identity = resolve_early(ASGIScopeView(scope), settings)
+            if plan.baggage:
+                _strip_inbound_baggage(scope)
+        if with_late and plan.late:
+            late = resolve_late(ASGIScopeView(scope), settings)
             if late is not None:
                 identity = merge(identity, late)
-        if uses_baggage(settings):
-            _strip_inbound_baggage(scope)
         scope[SCOPE_KEY] = True
-        span = trace.get_current_span()
-        if (identity is not None and isinstance(span, Span) and span.is_recording()
-                and span.kind is trace.SpanKind.SERVER):
-            # A server span opened outside us (OpenTelemetryMiddleware wrapped around this
-            # middleware): tag it as well as every span started inside the request.
-            token = open_scope(None, isolate_ancestors=False)
-            apply(identity)
-            return token
-        return open_scope(identity, isolate_ancestors=False)
+        if identity is not None:
+            span = trace.get_current_span()
+            if (isinstance(span, Span) and span.is_recording()
+                    and span.kind is trace.SpanKind.SERVER):
+                # A server span opened outside us (OpenTelemetryMiddleware wrapped around this
+                # middleware): tag it as well as every span started inside the request.
+                token = open_scope(None, isolate_ancestors=False)
+                apply(identity)
+                return token
+        return SCOPE.set(Scope(identity, None))  # open_scope(identity), inlined
     except Exception as error:
         internal_error("ASGI request start", error)
         return None
@@ -231,10 +268,11 @@ def apply_late(scope: ASGIScope) -> None:
     (``scope["user"]``) once the request is routed, and tag the open server span; once per
     request. Never raises."""
     try:
-        if scope.get(LATE_KEY) or scope.get("type") not in _HTTP_TYPES:
+        runtime = _runtime._current
+        # Without user/path sources there is nothing to do: one identity check per call.
+        if not runtime.on or not source_plan(runtime.settings).late:
             return
-        runtime = _runtime.current()
-        if not runtime.enabled or not needs_late(runtime.settings):
+        if scope.get(LATE_KEY) or scope.get("type") not in _HTTP_TYPES:
             return
         scope[LATE_KEY] = True
         identity = resolve_late(ASGIScopeView(scope), runtime.settings)
@@ -281,10 +319,12 @@ def wrap_app_call(wrapped: Any, instance: Any, args: tuple[Any, ...],
     if len(args) != 3 or kwargs:  # not the ASGI calling convention: leave it alone
         return wrapped(*args, **kwargs)
     scope = args[0]
-    if not isinstance(scope, MutableMapping) or scope.get("type") not in _HTTP_TYPES \
-            or scope.get(SCOPE_KEY):
-        return wrapped(*args)
-    return run_in_scope(wrapped, scope, args[1], args[2], with_late=False)
+    # Nested layers (FastAPI, Starlette, OpenTelemetryMiddleware) pass through on the first
+    # test: the outermost one opened the scope.
+    if (scope.__class__ is dict or isinstance(scope, MutableMapping)) \
+            and SCOPE_KEY not in scope and scope.get("type") in _HTTP_TYPES:
+        return run_in_scope(wrapped, scope, args[1], args[2], with_late=False)
+    return wrapped(*args)
 
 
 def patch(module: ModuleType) -> None:

@@ -25,7 +25,7 @@ from prodlens import _runtime
 from prodlens._safety import internal_error
 from prodlens.identity import apply
 from prodlens.integrations import _patching
-from prodlens.integrations._sources import needs_late, resolve_late
+from prodlens.integrations._sources import resolve_late, source_plan
 from prodlens.integrations.wsgi import EnvironView, enter_request, exit_request
 
 __all__ = ["TARGET", "FlaskView", "patch"]
@@ -74,8 +74,9 @@ def _call(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, 
 
 def _dispatch(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     try:
-        runtime = _runtime.current()
-        if runtime.enabled and needs_late(runtime.settings):
+        runtime = _runtime._current
+        # Without user/path sources there is nothing to do here: one identity check.
+        if runtime.on and source_plan(runtime.settings).late:
             import flask
 
             request = flask.request

@@ -28,18 +28,18 @@ from typing import Any, Final
 
 from prodlens import _runtime
 from prodlens._safety import internal_error
-from prodlens.identity import Scope, close_scope, merge, open_scope
+from prodlens.identity import SCOPE, Scope, close_scope, merge
 from prodlens.integrations._sources import (
     cookie_value,
-    needs_late,
+    environ_key,
     query_value,
     resolve_early,
     resolve_late,
+    source_plan,
     strip_prodlens_members,
-    uses_baggage,
 )
 
-__all__ = ["EnvironView", "ProdlensMiddleware", "enter_request", "exit_request"]
+__all__ = ["EnvironView", "ProdlensMiddleware", "enter_request", "environ_key", "exit_request"]
 
 Environ = MutableMapping[str, Any]
 StartResponse = Callable[..., Any]
@@ -48,16 +48,14 @@ WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 #: Set in the environ while a prodlens scope is open for it, so nested wrappers open one only.
 ENVIRON_KEY: Final = "prodlens.scope"
 
-_SPECIAL_HEADERS: Final = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
 #: Header name -> environ key, computed once per name (names come from the settings: bounded).
 _ENVIRON_KEYS: dict[str, str] = {}
 
 
-def environ_key(name: str) -> str:
-    """The WSGI environ key of header ``name`` (lower-case), e.g. ``HTTP_X_CUSTOMER_ID``."""
+def _environ_key(name: str) -> str:
     key = _ENVIRON_KEYS.get(name)
     if key is None:
-        key = _SPECIAL_HEADERS.get(name) or "HTTP_" + name.upper().replace("-", "_")
+        key = environ_key(name)
         if len(_ENVIRON_KEYS) < 1024:
             _ENVIRON_KEYS[name] = key
     return key
@@ -84,7 +82,7 @@ class EnvironView:
         self.environ = environ
 
     def header(self, name: str) -> str | None:
-        value = self.environ.get(_ENVIRON_KEYS.get(name) or environ_key(name))
+        value = self.environ.get(_ENVIRON_KEYS.get(name) or _environ_key(name))
         if value.__class__ is str and value.isascii():  # the common case, without a call
             return value
         return _wsgi_text(value)
@@ -114,23 +112,29 @@ def enter_request(
     already open for this environ. Strips prodlens members from inbound baggage once read.
     Never raises."""
     try:
-        runtime = _runtime.current()
+        runtime = _runtime._current
         if not runtime.on or ENVIRON_KEY in environ:
             return None
         settings = runtime.settings
-        view = EnvironView(environ)
-        identity = resolve_early(view, settings)
-        if with_remote_user and needs_late(settings):
-            late = resolve_late(view, settings)
+        plan = source_plan(settings)
+        headers = plan.headers
+        if headers is not None:
+            # Header-only sources: the identity is cached by the raw environ values.
+            identity = headers.resolve(tuple(map(environ.get, headers.environ_keys)),
+                                       EnvironView, environ)
+        else:
+            identity = resolve_early(EnvironView(environ), settings)
+        if with_remote_user and plan.late:
+            late = resolve_late(EnvironView(environ), settings)
             if late is not None:
                 identity = merge(identity, late)
-        if "HTTP_BAGGAGE" in environ and uses_baggage(settings):
+        if plan.baggage:
             header = environ.get("HTTP_BAGGAGE")
             if isinstance(header, str) and "prodlens." in header:
                 # Read once; OpenTelemetry's propagator must not pass it on to every destination.
                 environ["HTTP_BAGGAGE"] = strip_prodlens_members(header)
         environ[ENVIRON_KEY] = True
-        return open_scope(identity, isolate_ancestors=False)
+        return SCOPE.set(Scope(identity, None))  # open_scope(identity), inlined
     except Exception as error:
         internal_error("WSGI request start", error)
         return None

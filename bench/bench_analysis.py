@@ -6,13 +6,17 @@ Contenders, each measured in its own subprocess so that peak memory (ru_maxrss) 
 * ``prodlens slice``: the embedded engine, the full analysis (units, singles, pairs, test);
 * ``prodlens affected``: the embedded engine listing affected customers;
 * ``duckdb group-by``: DuckDB reading the same files, failures GROUP BY one span attribute;
-* ``chdb group-by``: chdb (ClickHouse in-process), the same plain GROUP BY.
+* ``chdb group-by``: chdb (ClickHouse in-process), the same plain GROUP BY;
+* ``chdb load+slice``: load the files into chdb, then run the ClickHouse SQL;
+* ``slice (baseline)``, with ``--baseline SRC``: ``prodlens slice`` from another source tree
+  (``SRC/prodlens``), e.g. a copy taken before a change, for a before/after in one run.
 
 Data: synthetic exports written through the real SDK by ``prodlens.analysis.synthetic``
 (cached under ``--data-dir``). Run::
 
     /work/venv/bin/python bench/bench_analysis.py                       # 20k traces, ~30 s
     /work/venv/bin/python bench/bench_analysis.py --sizes 20000,200000  # + 1.1M spans, ~4 min
+    /work/venv/bin/python bench/bench_analysis.py --baseline /tmp/before  # + a copy of src/
 
 The first run of a size generates its data through the SDK (20k traces ~10 s, 200k ~95 s).
 """
@@ -33,6 +37,7 @@ from typing import Any
 ATTRIBUTE = "prodlens.cohort.region"
 CONTENDERS = ("orjson floor", "prodlens slice", "prodlens affected", "duckdb group-by",
               "chdb group-by", "chdb load+slice")
+BASELINE = "slice (baseline)"
 _CH_VALUE = (
     "multiIf(JSONHas(v, 'stringValue'), JSONExtractString(v, 'stringValue'), "
     "JSONHas(v, 'intValue'), JSONExtractString(v, 'intValue'), "
@@ -155,13 +160,19 @@ def chdb_load_and_slice(directory: str) -> dict[str, Any]:
             "result": f"(load {loaded:.2f} s) {report.verdict()}"}
 
 
-def measure(name: str, directory: str, repeat: int) -> dict[str, Any]:
+def measure(name: str, directory: str, repeat: int, baseline: str | None = None
+            ) -> dict[str, Any]:
     """Run a contender in fresh interpreters; keep the fastest run (the least disturbed)."""
+    env = None
+    if name == BASELINE:
+        assert baseline is not None
+        name = "prodlens slice"
+        env = {**os.environ, "PYTHONPATH": os.path.abspath(baseline)}
     runs = []
     for _ in range(repeat):
         output = subprocess.run(
             [sys.executable, __file__, "--contender", name, "--dir", directory],
-            capture_output=True, text=True, check=True,
+            capture_output=True, text=True, check=True, env=env,
         ).stdout
         runs.append(dict(json.loads(output.strip().splitlines()[-1])))
     return min(runs, key=lambda run: float(run["seconds"]))
@@ -191,6 +202,8 @@ def main() -> int:
     parser.add_argument("--only", help="comma-separated contenders to run")
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs per contender; the fastest is reported (default: 1)")
+    parser.add_argument("--baseline", metavar="SRC",
+                        help=f"also time {BASELINE!r}: prodlens slice from SRC/prodlens")
     parser.add_argument("--contender", help=argparse.SUPPRESS)
     parser.add_argument("--dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -200,13 +213,19 @@ def main() -> int:
         print(json.dumps(outcome))
         return 0
     contenders = args.only.split(",") if args.only else list(CONTENDERS)
+    if args.baseline:
+        if not os.path.isdir(os.path.join(args.baseline, "prodlens")):
+            parser.error(f"--baseline {args.baseline}: no prodlens/ directory in it")
+        contenders.insert(contenders.index("prodlens slice") + 1
+                          if "prodlens slice" in contenders else len(contenders), BASELINE)
     header = (f"{'traces':>8} {'spans':>10} {'contender':<18} {'seconds':>8} {'spans/s':>10} "
               f"{'peak RSS':>9} {'vs floor':>8} {'vs duckdb':>9} {'vs chdb':>8}")
     rows: list[str] = []
     for size in (int(s) for s in args.sizes.split(",")):
         directory, spans = ensure_data(Path(args.data_dir), size)
         size_mb = sum(os.path.getsize(p) for p in _files(directory)) / 1e6
-        results = {name: measure(name, directory, args.repeat) for name in contenders}
+        results = {name: measure(name, directory, args.repeat, args.baseline)
+                   for name in contenders}
         for name, outcome in results.items():
             seconds = outcome["seconds"]
 

@@ -26,15 +26,25 @@ class InputError(Exception):
     """An input file or directory cannot be read."""
 
 
+_MISSING_EXTRA: Final = "prodlens analysis needs its extra: pip install 'prodlens[analyze]'"
+
+
 def load_json_parser() -> Callable[[bytes], Any]:
     """``orjson.loads``, or an :class:`ImportError` that says which extra to install."""
     try:
         import orjson
     except ImportError:
-        raise ImportError(
-            "prodlens analysis needs its extra: pip install 'prodlens[analyze]'"
-        ) from None
+        raise ImportError(_MISSING_EXTRA) from None
     return orjson.loads
+
+
+def load_json_dumper() -> Callable[[Any], bytes]:
+    """``orjson.dumps``, or an :class:`ImportError` that says which extra to install."""
+    try:
+        import orjson
+    except ImportError:
+        raise ImportError(_MISSING_EXTRA) from None
+    return orjson.dumps
 
 
 def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
@@ -163,7 +173,7 @@ def read_requests(
                         break
                     number += 1
                     progress.lines += 1
-                    if not line.strip():
+                    if line.isspace():  # not line.strip(): that copies the whole line
                         continue
                     truncated = not line.endswith(b"\n")
                     try:

@@ -27,15 +27,19 @@ PRODLENS_KEYS = ("enduser.id", "enduser.pseudo.id")
 
 
 class RecordingSampler(Sampler):
-    """Records the prodlens identity visible when each root span is sampled."""
+    """Records the prodlens identity visible when each span is sampled (only spans of kind
+    ``only`` when given, e.g. ``SpanKind.SERVER``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, only: SpanKind | None = None) -> None:
         self.seen: list[str | None] = []
+        self.only = only
 
     def should_sample(self, parent_context: Context | None, trace_id: int, name: str,
                       kind: SpanKind | None = None, attributes: Attributes = None,
                       links: Sequence[Link] | None = None, trace_state: Any = None
                       ) -> SamplingResult:
+        if self.only is not None and kind != self.only:
+            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
         identity = prodlens.current()
         self.seen.append(identity.customer if identity else None)
         return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)

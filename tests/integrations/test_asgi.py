@@ -7,7 +7,7 @@ import asyncio
 import json
 import logging
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,15 +21,12 @@ from asgi_servers import (
     serve_asgi,
     websocket_session,
 )
-from opentelemetry.context import Context
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
-from opentelemetry.trace import Link, SpanKind
-from opentelemetry.util.types import Attributes
-from servers import fetch, prodlens_attributes, wait_for
+from opentelemetry.trace import SpanKind
+from servers import RecordingSampler, fetch, prodlens_attributes, wait_for
 
 import prodlens
 from prodlens.instrumentor import ProdlensInstrumentor
@@ -37,28 +34,9 @@ from prodlens.integrations import _patching
 from prodlens.integrations.asgi import ProdlensASGIMiddleware
 
 
-class RecordingSampler(Sampler):
-    """Records the prodlens identity visible when each server span is sampled."""
-
-    def __init__(self) -> None:
-        self.seen: list[str | None] = []
-
-    def should_sample(self, parent_context: Context | None, trace_id: int, name: str,
-                      kind: SpanKind | None = None, attributes: Attributes = None,
-                      links: Sequence[Link] | None = None, trace_state: Any = None
-                      ) -> SamplingResult:
-        if kind == SpanKind.SERVER:
-            identity = prodlens.current()
-            self.seen.append(identity.customer if identity else None)
-        return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
-
-    def get_description(self) -> str:
-        return "recording"
-
-
 class Traced:
     def __init__(self, env: dict[str, str]) -> None:
-        self.sampler = RecordingSampler()
+        self.sampler = RecordingSampler(only=SpanKind.SERVER)
         self.provider = TracerProvider(sampler=self.sampler)
         self.exporter = InMemorySpanExporter()
         self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))

@@ -30,15 +30,12 @@ from asgi_servers import (
     serve_asgi,
     websocket_session,
 )
-from opentelemetry.context import Context
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
-from opentelemetry.trace import Link, SpanKind
-from opentelemetry.util.types import Attributes
-from servers import prodlens_attributes, wait_for
+from opentelemetry.trace import SpanKind
+from servers import RecordingSampler, prodlens_attributes, wait_for
 from starlette.authentication import (
     AuthCredentials,
     AuthenticationBackend,
@@ -276,27 +273,10 @@ def test_websocket_and_lifespan(fastapi_setup: Any) -> None:
                                                       "prodlens.cohort.tenant": "w1"}
 
 
-class RecordingSampler(Sampler):
-    """Records the prodlens identity visible when each root span is sampled."""
-
-    def __init__(self) -> None:
-        self.seen: list[str | None] = []
-
-    def should_sample(self, parent_context: Context | None, trace_id: int, name: str,
-                      kind: SpanKind | None = None, attributes: Attributes = None,
-                      links: Sequence[Link] | None = None, trace_state: Any = None
-                      ) -> SamplingResult:
-        if kind == SpanKind.SERVER:
-            identity = prodlens.current()
-            self.seen.append(identity.customer if identity else None)
-        return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
-
-    def get_description(self) -> str:
-        return "recording"
 
 
 def test_scope_opens_outside_the_otel_middleware_and_uninstrument_removes_it() -> None:
-    sampler = RecordingSampler()
+    sampler = RecordingSampler(only=SpanKind.SERVER)
     provider = TracerProvider(sampler=sampler)
     exporter = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(exporter))

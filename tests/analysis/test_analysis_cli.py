@@ -28,7 +28,13 @@ def test_slice_table(planted_dir: Path) -> None:
     header, rule = lines[2], lines[3]
     assert header.split() == ["subgroup", "units", "failures", "rate", "rest", "lift",
                               "p", "(adj.)", "customers", "note"]
-    rows = lines[4:lines.index("", 4)]
+    block = lines[4:lines.index("", 4)]
+    rows = [row for row in block if not row.startswith("  ")]  # continuation lines wrap pairs
+    # names are never cut: every finding's label is there whole, wrapped at its ∧ if needed
+    text = " ".join(line.split("  ")[0].strip() if not line.startswith("  ") else line.strip()
+                    for line in block)
+    assert "…" not in "\n".join(block)
+    assert "prodlens.cohort.region=eu-west ∧ service.version=2.3.0" in text
     # numbers are right-aligned: every row ends its "customers" column where the header does
     end = header.index("customers") + len("customers")
     assert all(row[end - 1].isdigit() and (len(row) == end or row[end] == " ") for row in rows)

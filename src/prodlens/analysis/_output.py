@@ -91,8 +91,31 @@ def render_csv(report: Report) -> str:
     return out.getvalue()
 
 
+def _wrap(cell: str, width: int) -> list[str]:
+    """``cell`` in lines of at most ``width``: broken after `` ∧ `` where it can be, else hard."""
+    parts = cell.split(" ∧ ")
+    pieces = [part + " ∧" for part in parts[:-1]] + [parts[-1]]
+    lines: list[str] = []
+    current = ""
+    for piece in pieces:
+        candidate = f"{current} {piece}" if current else piece
+        if len(candidate) <= width:
+            current = candidate
+            continue
+        if current:
+            lines.append(current)
+        while len(piece) > width:
+            lines.append(piece[:width])
+            piece = "  " + piece[width:]
+        current = piece
+    lines.append(current)
+    return lines
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int],
            first_max: int) -> list[str]:
+    """An aligned table; a first-column cell wider than ``first_max`` wraps onto more lines
+    (attribute names are never cut: they are what you paste into a query)."""
     widths = [len(h) for h in header]
     for row in rows:
         for index, cell in enumerate(row):
@@ -100,13 +123,18 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]
     widths[0] = min(widths[0], max(len(header[0]), first_max))
 
     def fit(cell: str, index: int) -> str:
-        if len(cell) > widths[index]:
-            cell = cell[: widths[index] - 1] + "…"
         return cell.rjust(widths[index]) if index in right else cell.ljust(widths[index])
+
+    def render(row: Sequence[str]) -> list[str]:
+        first, *more = _wrap(row[0], widths[0])
+        out = ["  ".join(fit(c, i) for i, c in enumerate([first, *row[1:]])).rstrip()]
+        out.extend(line if line.startswith(" ") else "  " + line for line in more)
+        return out
 
     lines = ["  ".join(fit(h, i) for i, h in enumerate(header)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
-    lines.extend("  ".join(fit(c, i) for i, c in enumerate(row)).rstrip() for row in rows)
+    for row in rows:
+        lines.extend(render(row))
     return lines
 
 
@@ -125,7 +153,10 @@ def render_table(report: Report, limit: int = 20) -> str:
         columns = shutil.get_terminal_size((120, 24)).columns
         others = sum(max(len(h), max(len(r[i]) for r in rows)) + 2
                      for i, h in enumerate(header) if i)
-        lines += _table(header, rows, set(range(1, len(header) - 1)), max(24, columns - others))
+        # Wrap pairs at their ∧ rather than cut them; one part always fits on a line.
+        longest_part = max(len(part) + 2 for r in rows for part in r[0].split(" ∧ "))
+        first_max = max(24, min(longest_part, 72), columns - others)
+        lines += _table(header, rows, set(range(1, len(header) - 1)), first_max)
         if len(report.findings) > limit:
             lines.append(f"… {len(report.findings) - limit} more (--limit, --format json)")
         lines.append("")

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from prodlens.analysis._embedded import attribute_map
+from prodlens.analysis._values import attribute_map
 
 TRACES_TABLE_SQL = """\
 CREATE TABLE IF NOT EXISTS `otel`.`otel_traces`  (

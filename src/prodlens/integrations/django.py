@@ -23,56 +23,31 @@ the early sources only. Environment variables::
 
 from __future__ import annotations
 
-import contextvars
 from types import ModuleType
 from typing import Any, Final
 
 from prodlens import _runtime
 from prodlens._safety import internal_error
-from prodlens.identity import Scope, apply, close_scope, open_scope
+from prodlens.identity import apply
 from prodlens.integrations import _patching
-from prodlens.integrations._sources import (
-    cookie_value,
-    needs_late,
-    query_value,
-    resolve_early,
-    resolve_late,
-    strip_prodlens_members,
-    uses_baggage,
-)
+from prodlens.integrations._sources import needs_late, resolve_late
+from prodlens.integrations.wsgi import EnvironView, enter_request, exit_request
 
 __all__ = ["TARGET", "DjangoView", "patch"]
 
 TARGET: Final = "django.core.handlers.base"
 
-_SPECIAL_HEADERS: Final = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
-_MARK: Final = "_prodlens_scope"
 
+class DjangoView(EnvironView):
+    """A request view over a Django ``HttpRequest``: its ``META`` is the WSGI environ (read as
+    the WSGI integration reads it), plus URL kwargs and ``request.user`` once resolved."""
 
-def _text(value: object) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-class DjangoView:
-    """A request view over a Django ``HttpRequest`` (URL kwargs once the view is resolved)."""
-
-    __slots__ = ("kwargs", "meta", "request")
+    __slots__ = ("kwargs", "request")
 
     def __init__(self, request: Any, kwargs: Any = None) -> None:
+        super().__init__(getattr(request, "META", {}))
         self.request = request
-        self.meta = getattr(request, "META", {})
         self.kwargs = kwargs
-
-    def header(self, name: str) -> str | None:
-        key = _SPECIAL_HEADERS.get(name) or "HTTP_" + name.upper().replace("-", "_")
-        return _text(self.meta.get(key))
-
-    def cookie(self, name: str) -> str | None:
-        # Not request.COOKIES: that parses every cookie, unbounded.
-        return cookie_value(_text(self.meta.get("HTTP_COOKIE")), name)
-
-    def query(self, name: str) -> str | None:
-        return query_value(_text(self.meta.get("QUERY_STRING")), name)
 
     def path_param(self, name: str) -> object | None:
         return self.kwargs.get(name) if isinstance(self.kwargs, dict) else None
@@ -84,35 +59,10 @@ class DjangoView:
         value: object = getattr(user, attr or "pk", None)
         return value
 
-    def baggage(self) -> str | None:
-        return _text(self.meta.get("HTTP_BAGGAGE"))
 
-
-def _enter(request: Any) -> contextvars.Token[Scope | None] | None:
-    try:
-        runtime = _runtime.current()
-        if not runtime.enabled or getattr(request, _MARK, False):
-            return None
-        settings = runtime.settings
-        identity = resolve_early(DjangoView(request), settings)
-        if uses_baggage(settings):
-            meta = request.META
-            header = meta.get("HTTP_BAGGAGE")
-            if isinstance(header, str) and "prodlens." in header:
-                meta["HTTP_BAGGAGE"] = strip_prodlens_members(header)
-        setattr(request, _MARK, True)
-        return open_scope(identity, isolate_ancestors=False)
-    except Exception as error:
-        internal_error("Django request start", error)
-        return None
-
-
-def _exit(token: contextvars.Token[Scope | None] | None) -> None:
-    if token is not None:
-        try:
-            close_scope(token)
-        except Exception as error:
-            internal_error("Django request end", error)
+def _meta(request: Any) -> Any:
+    meta = getattr(request, "META", None)
+    return meta if isinstance(meta, dict) else None
 
 
 def _request_arg(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -121,20 +71,27 @@ def _request_arg(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
 
 def _get_response(wrapped: Any, instance: Any, args: tuple[Any, ...],
                   kwargs: dict[str, Any]) -> Any:
-    token = _enter(_request_arg(args, kwargs))
+    # request.META is the WSGI environ: the WSGI integration's request scope serves as it is.
+    meta = _meta(_request_arg(args, kwargs))
+    if meta is None:
+        return wrapped(*args, **kwargs)
+    token = enter_request(meta, with_remote_user=False)
     try:
         return wrapped(*args, **kwargs)
     finally:
-        _exit(token)
+        exit_request(meta, token)
 
 
 async def _get_response_async(wrapped: Any, instance: Any, args: tuple[Any, ...],
                               kwargs: dict[str, Any]) -> Any:
-    token = _enter(_request_arg(args, kwargs))
+    meta = _meta(_request_arg(args, kwargs))
+    if meta is None:
+        return await wrapped(*args, **kwargs)
+    token = enter_request(meta, with_remote_user=False)
     try:
         return await wrapped(*args, **kwargs)
     finally:
-        _exit(token)
+        exit_request(meta, token)
 
 
 def _late(request: Any, view_kwargs: Any) -> None:

@@ -6,6 +6,7 @@ Import from test modules in this directory (``from servers import ...``).
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -47,6 +48,17 @@ class RecordingSampler(Sampler):
     def get_description(self) -> str:
         return "recording"
 
+
+
+def send_raw(base: str, request: bytes) -> bytes:
+    """Send ``request`` as raw bytes (odd header bytes and all) to ``base``; the whole reply."""
+    port = int(base.rsplit(":", 1)[1])
+    received = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
 
 
 def prodlens_attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -105,7 +117,6 @@ def instrument_command() -> str:
 
 def free_port() -> int:
     """A port that was free on 127.0.0.1 a moment ago."""
-    import socket
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -113,7 +124,6 @@ def free_port() -> int:
 
 
 def _listening(port: int) -> bool:
-    import socket
 
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2):
@@ -214,6 +224,7 @@ __all__ = [
     "prodlens_attributes",
     "read_otlp_json_spans",
     "run_instrumented",
+    "send_raw",
     "serve_wsgi",
     "wait_for",
 ]

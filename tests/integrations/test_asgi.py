@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,7 +25,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
-from servers import RecordingSampler, fetch, prodlens_attributes, wait_for
+from servers import RecordingSampler, fetch, prodlens_attributes, send_raw, wait_for
 
 import prodlens
 from prodlens.instrumentor import ProdlensInstrumentor
@@ -255,18 +254,13 @@ def test_hostile_requests_are_served_over_a_real_server(traced: Any,
 def test_raw_odd_bytes_over_a_socket(traced: Any, no_prodlens_errors: None) -> None:
     t = traced(BAD_ENV)
     with serve_asgi(ProdlensASGIMiddleware(t.otel(inner))) as base:
-        port = int(base.rsplit(":", 1)[1])
         raw = (b"GET /x?plan=%ff%fe HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                b"X-Customer-Id: \xff\xfe\x80\xc3(caf\xc3\xa9\r\n"
                b"Authorization: Bearer \xff.\xfe.\x80\r\n"
                b"Cookie: sid=\xe2\x82; plan=\xff\r\n"
                b"baggage: prodlens.customer=\xff\xfe,prodlens.cohort.plan=%C3%A9\r\n"
                b"Connection: close\r\n\r\n")
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-            sock.sendall(raw)
-            received = b""
-            while chunk := sock.recv(65536):
-                received += chunk
+        received = send_raw(base, raw)
     assert received.startswith(b"HTTP/1.1 200")
     check_bounded(t.servers())
     tags = prodlens_attributes(t.servers()[0].attributes)

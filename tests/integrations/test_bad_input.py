@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +17,7 @@ from hypothesis import strategies as st
 from opentelemetry.instrumentation.django import DjangoInstrumentor
 from opentelemetry.instrumentation.flask import FlaskInstrumentor
 from opentelemetry.trace import SpanKind
-from servers import prodlens_attributes, serve_wsgi
+from servers import prodlens_attributes, send_raw, serve_wsgi
 
 from prodlens import _runtime
 from prodlens.config import load_settings
@@ -126,18 +125,13 @@ def test_django_serves_hostile_requests(prodlens_setup: Any, no_prodlens_errors:
 def test_raw_odd_bytes_over_a_real_socket(flask_app: Any, no_prodlens_errors: None) -> None:
     app, traced = flask_app
     with serve_wsgi(app) as base:
-        port = int(base.rsplit(":", 1)[1])
         raw = (b"GET /t/x HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                b"X-Customer-Id: \xff\xfe\x80\xc3(caf\xc3\xa9\x01\x7f\r\n"
                b"Authorization: Bearer \xff.\xfe.\x80\r\n"
                b"Cookie: sid=\xe2\x82; plan=\xff\r\n"
                b"baggage: prodlens.customer=\xff\xfe,prodlens.cohort.plan=%C3%A9\r\n"
                b"Connection: close\r\n\r\n")
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-            sock.sendall(raw)
-            received = b""
-            while chunk := sock.recv(65536):
-                received += chunk
+        received = send_raw(base, raw)
     assert received.startswith(b"HTTP/1.1 200")
     check(traced.spans())
     tags = prodlens_attributes(traced.spans()[0].attributes)

@@ -84,6 +84,8 @@ class Identity:
     pseudonymous: bool = False
     attributes: Mapping[str, str] = field(default_factory=lambda: _EMPTY, compare=False,
                                           repr=False)
+    #: The length of the longest value in ``attributes`` (checked against span limits).
+    longest: int = field(default=0, compare=False, repr=False)
 
     @property
     def customer_attribute(self) -> str:
@@ -109,7 +111,8 @@ def build(
         stamp[prefix + name] = value
     # A plain dict (not a read-only proxy): the SDK iterates it for every span, and a dict is
     # the fastest to iterate. Identity never hands it out for mutation.
-    return Identity(customer, MappingProxyType(dict(cohorts)), pseudonymous, stamp)
+    return Identity(customer, MappingProxyType(dict(cohorts)), pseudonymous, stamp,
+                    max(map(len, stamp.values()), default=0))
 
 
 def normalize_customer(value: object, *, already_pseudonymous: bool = False) -> tuple[str | None,

@@ -1,7 +1,8 @@
 """The span processor: the only thing that writes identity onto spans.
 
-On start it stamps the span with the current identity in one ``set_attributes`` call (the
-attribute dict is built once per identity, not per span) and remembers the span while it is
+On start it stamps the span with the current identity: the attribute dict is built once per
+identity, not per span, and merged into the span's attributes in one step where the SDK allows
+(see :mod:`prodlens._stamp`) and remembers the span while it is
 open, so a late ``identify()`` can tag it as an ancestor.
 
 Example::
@@ -21,6 +22,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from prodlens import _runtime
 from prodlens._open_spans import OPEN_SPANS
 from prodlens._safety import internal_error
+from prodlens._stamp import stamp_starting
 from prodlens.identity import SCOPE
 
 __all__ = ["ProdlensSpanProcessor", "open_span_count"]
@@ -47,16 +49,18 @@ class ProdlensSpanProcessor(SpanProcessor):
             runtime = _runtime._current
             if not runtime.on:
                 return
+            # Stamped before the span is published in the open-span table: until then no other
+            # thread can reach it, so the write takes no lock (prodlens._stamp.stamp_starting).
+            scope = _SCOPE_GET()
+            if scope is not None:
+                identity = scope.identity
+                if identity is not None and identity.attributes:
+                    stamp_starting(span, identity.attributes, identity.longest)
             # Inlined OpenSpans.add: this is the hot path of every span.
             open_spans = _OPEN
             open_spans[span.context.span_id] = span
             if len(open_spans) > runtime.max_open_spans:
                 OPEN_SPANS.evict(runtime.max_open_spans)
-            scope = _SCOPE_GET()
-            if scope is not None:
-                identity = scope.identity
-                if identity is not None and identity.attributes:
-                    span.set_attributes(identity.attributes)
         except Exception as error:
             internal_error("span start", error)
 

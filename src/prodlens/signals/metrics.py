@@ -68,6 +68,7 @@ from opentelemetry.util.types import AttributeValue
 from prodlens import _runtime, attributes
 from prodlens._configure import register_processor_factory
 from prodlens._safety import internal_error
+from prodlens._stamp import attribute_dict
 from prodlens.config import Settings
 from prodlens.pseudonym import compute_pseudonym
 from prodlens.signals._series import Point, Series, SeriesTable
@@ -382,7 +383,7 @@ class CohortMetricsProcessor(SpanProcessor):
             internal_error("cohort metrics", error)
 
     def _record(self, span: ReadableSpan, derived: _Derived) -> None:
-        attrs: Mapping[str, AttributeValue] = span.attributes or {}
+        attrs = attribute_dict(span)
         # An ended span's attribute keys iterate as a plain dict: one tuple, one look-up.
         keys = tuple(attrs)
         layout = derived.layouts.get(keys)

@@ -45,6 +45,7 @@ from opentelemetry.util.types import AttributeValue
 from prodlens import _runtime, attributes
 from prodlens._open_spans import MAX_DEPTH, OPEN_SPANS
 from prodlens._safety import internal_error, log_once
+from prodlens._stamp import attribute_dict, stamp
 
 __all__ = ["RepeatTracker", "StormSpanProcessor", "StormTagger"]
 
@@ -251,7 +252,7 @@ class StormTagger:
         if claims.span_id == span_id:
             return  # another prodlens tagger on this provider counts this request
         claims.span_id = span_id
-        if not self._try_tag(span, span.attributes or {}):
+        if not self._try_tag(span, attribute_dict(span)):
             pending = self._pending
             pending[span_id] = span
             if len(pending) > MAX_PENDING:
@@ -278,7 +279,7 @@ class StormTagger:
             route = str(route)
         tracker = self._tracker
         assert tracker is not None
-        span.set_attribute(attributes.REPEAT_COUNT_ATTRIBUTE, tracker.hit(customer, route))
+        stamp(span, {attributes.REPEAT_COUNT_ATTRIBUTE: tracker.hit(customer, route)}, 0)
         return True
 
     def _tag_pending_root(self, span_id: int) -> None:
@@ -286,7 +287,7 @@ class StormTagger:
         for _ in range(MAX_DEPTH):
             root = pending.get(span_id)
             if root is not None:
-                if root.end_time is None and self._try_tag(root, root.attributes or {}):
+                if root.end_time is None and self._try_tag(root, attribute_dict(root)):
                     pending.pop(span_id, None)
                 return
             ancestor = OPEN_SPANS.get(span_id)

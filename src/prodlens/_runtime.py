@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from prodlens import attributes
@@ -103,11 +104,32 @@ def current() -> Runtime:
     return _current
 
 
+#: Called with the new runtime after every :func:`install` (see :func:`on_install`).
+_listeners: list[Callable[[Runtime], None]] = []
+
+
+def on_install(callback: Callable[[Runtime], None]) -> None:
+    """Call ``callback(runtime)`` whenever new settings are installed (once per callback).
+
+    For state derived from the settings outside the per-span path, e.g. patches that are only
+    needed for some sources. A callback that raises is logged and does not stop the others.
+    """
+    if callback not in _listeners:
+        _listeners.append(callback)
+
+
 def install(settings: Settings) -> Runtime:
     """Make ``settings`` the process's settings, with a fresh cardinality limiter."""
     global _current
     runtime = _make(settings, _current.generation + 1, configured=True)
     _current = runtime
+    for callback in tuple(_listeners):
+        try:
+            callback(runtime)
+        except Exception as error:
+            from prodlens._safety import internal_error
+
+            internal_error("applying new settings", error)
     return runtime
 
 

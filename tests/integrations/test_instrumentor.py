@@ -59,7 +59,7 @@ def test_uninstrument_removes_every_patch_and_deactivates(prodlens_setup: Any) -
     import httpcore
     import urllib3.connection
 
-    prodlens_setup({})
+    prodlens_setup({"PRODLENS_COHORT_TENANT_FROM": "path:tenant"})  # a late source
     owners = [(flask.app.Flask, "__call__"), (flask.app.Flask, "dispatch_request"),
               (base.BaseHandler, "get_response"), (base.BaseHandler, "load_middleware"),
               (urllib3.connection.HTTPConnection, "request"),
@@ -70,6 +70,38 @@ def test_uninstrument_removes_every_patch_and_deactivates(prodlens_setup: Any) -
     assert not any(_patching.patched(o, a) for o, a in owners)
     assert all(getattr(o, a) is originals[a] for o, a in owners)
     assert not _runtime.current().enabled
+
+
+def test_late_source_hooks_are_patched_only_while_late_sources_are_configured(
+        prodlens_setup: Any) -> None:
+    import fastapi.routing
+    import starlette.routing
+
+    import prodlens
+
+    owners = [(flask.app.Flask, "dispatch_request"), (starlette.routing.Route, "handle"),
+              (fastapi.routing.APIRoute, "handle")]
+    originals = [vars(o)[a] for o, a in owners]
+    setup = prodlens_setup({"PRODLENS_CUSTOMER_FROM": "header:x-customer-id"})
+    assert not any(_patching.patched(o, a) for o, a in owners)
+    assert [vars(o)[a] for o, a in owners] == originals  # no wrapper: no per-request cost
+    # Settings changed in code after instrumenting: the late hooks follow them.
+    prodlens.configure(setup.provider, environ={"PRODLENS_METRICS": "false",
+                                                "PRODLENS_CUSTOMER_FROM": "user"})
+    assert all(_patching.patched(o, a) for o, a in owners)
+    app = flask.Flask("late")
+    app.add_url_rule("/t/<tenant>", "t", lambda tenant: "ok")
+    prodlens.configure(setup.provider, environ={
+        "PRODLENS_METRICS": "false", "PRODLENS_COHORT_TENANT_FROM": "path:tenant"})
+    tracer = setup.provider.get_tracer("t")
+    with app.test_request_context("/t/acme"):
+        with tracer.start_as_current_span("server"):
+            app.full_dispatch_request()
+    assert setup.exporter.get_finished_spans()[-1].attributes["prodlens.cohort.tenant"] == "acme"
+    prodlens.configure(setup.provider, environ={"PRODLENS_METRICS": "false",
+                                                "PRODLENS_CUSTOMER_FROM": "header:x-c"})
+    assert not any(_patching.patched(o, a) for o, a in owners)
+    assert [vars(o)[a] for o, a in owners] == originals
 
 
 def run(code: str) -> subprocess.CompletedProcess[str]:

@@ -14,9 +14,10 @@ from typing import Any
 
 import wrapt
 
+from prodlens import _runtime
 from prodlens._safety import internal_error
 
-__all__ = ["on_import", "on_unpatch", "patched", "unpatch_all", "wrap"]
+__all__ = ["on_import", "on_unpatch", "patched", "unpatch_all", "wrap", "wrap_while"]
 
 Wrapper = Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]
 
@@ -25,6 +26,9 @@ _patches: list[tuple[Any, str, Any]] = []  # (owner, attribute, original)
 _hooks: dict[str, Callable[[ModuleType], None]] = {}
 #: Undo actions that are not attribute wraps (signal receivers, registered hooks).
 _undo: list[Callable[[], None]] = []
+#: Patches made only while a condition on the settings holds: (owner, attribute, wrapper,
+#: condition); re-evaluated whenever settings are installed.
+_conditional: list[tuple[Any, str, Wrapper, Callable[[], bool]]] = []
 _active = False
 
 
@@ -39,6 +43,44 @@ def wrap(owner: Any, attribute: str, wrapper: Wrapper) -> None:
             owner, attribute)
         wrapt.wrap_function_wrapper(owner, attribute, wrapper)
         _patches.append((owner, attribute, original))
+
+
+def wrap_while(owner: Any, attribute: str, wrapper: Wrapper, condition: Callable[[], bool]
+               ) -> None:
+    """Like :func:`wrap`, but the patch is in place only while ``condition()`` is true; it is
+    re-checked whenever ``prodlens.configure()`` or the instrumentor installs new settings.
+
+    For hooks that have work to do only under some settings (late ``user``/``path`` sources):
+    a request then pays for no wrapper it does not need.
+    """
+    with _lock:
+        if not any(o is owner and a == attribute for o, a, _, _ in _conditional):
+            _conditional.append((owner, attribute, wrapper, condition))
+        _runtime.on_install(_refresh)
+        _refresh()
+
+
+def _refresh(runtime: object = None) -> None:
+    """Apply or remove each conditional patch as its condition now says."""
+    with _lock:
+        for owner, attribute, wrapper, condition in _conditional:
+            try:
+                wanted = condition()
+            except Exception as error:
+                internal_error(f"checking the patch of {attribute}", error)
+                continue
+            if wanted:
+                wrap(owner, attribute, wrapper)
+            else:
+                _unwrap(owner, attribute)
+
+
+def _unwrap(owner: Any, attribute: str) -> None:
+    for index, (patched_owner, patched_attribute, original) in enumerate(_patches):
+        if patched_owner is owner and patched_attribute == attribute:
+            setattr(owner, attribute, original)
+            del _patches[index]
+            return
 
 
 def patched(owner: Any, attribute: str) -> bool:
@@ -62,6 +104,7 @@ def unpatch_all() -> None:
     global _active
     with _lock:
         _active = False
+        _conditional.clear()
         while _undo:
             callback = _undo.pop()
             try:

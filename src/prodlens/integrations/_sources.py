@@ -46,6 +46,7 @@ __all__ = [
     "cookie_value",
     "environ_key",
     "header_plan",
+    "late_sources_configured",
     "needs_late",
     "query_value",
     "resolve_early",
@@ -351,6 +352,14 @@ def source_plan(settings: Settings) -> SourcePlan:
 def needs_late(settings: Settings) -> bool:
     """True if any configured source is ``user`` or ``path`` (resolve_late has work to do)."""
     return _plan(settings).late
+
+
+def late_sources_configured() -> bool:
+    """True if the settings in force have a ``user`` or ``path`` source (for conditional
+    patches: the integrations' late hooks are installed only then)."""
+    from prodlens import _runtime
+
+    return needs_late(_runtime.current().settings)
 
 
 def uses_baggage(settings: Settings) -> bool:

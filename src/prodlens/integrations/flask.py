@@ -2,8 +2,9 @@
 
 ``ProdlensInstrumentor`` patches ``flask.Flask.__call__`` (outside the Flask OpenTelemetry
 instrumentation, which opens the server span in a ``before_request`` hook), so early sources
-(header, cookie, query, jwt, baggage) are resolved before the server span starts, and
-``Flask.dispatch_request``, where routing and ``before_request`` hooks have run: there
+(header, cookie, query, jwt, baggage) are resolved before the server span starts, and, while
+``user`` or ``path`` sources are configured, ``Flask.dispatch_request``, where routing and
+``before_request`` hooks have run: there
 ``path:PARAM`` (``request.view_args``) and ``user`` / ``user:ATTR`` (Flask-Login's
 ``current_user`` when installed, default ``get_id()``; else the server's ``REMOTE_USER``) are
 resolved and tag the open server span. Spans that ended before the view (e.g. queries in
@@ -25,7 +26,7 @@ from prodlens import _runtime
 from prodlens._safety import internal_error
 from prodlens.identity import apply
 from prodlens.integrations import _patching
-from prodlens.integrations._sources import resolve_late, source_plan
+from prodlens.integrations._sources import late_sources_configured, resolve_late, source_plan
 from prodlens.integrations.wsgi import EnvironView, enter_request, exit_request
 
 __all__ = ["TARGET", "FlaskView", "patch"]
@@ -97,4 +98,5 @@ def patch(module: ModuleType) -> None:
 
     flask_class = flask.app.Flask
     _patching.wrap(flask_class, "__call__", _call)
-    _patching.wrap(flask_class, "dispatch_request", _dispatch)
+    # Only while user/path sources are configured: otherwise a request pays for no wrapper.
+    _patching.wrap_while(flask_class, "dispatch_request", _dispatch, late_sources_configured)

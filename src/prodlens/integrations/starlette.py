@@ -33,7 +33,7 @@ from typing import Any, Final
 from prodlens import _runtime
 from prodlens._safety import internal_error
 from prodlens.integrations import _patching
-from prodlens.integrations._sources import source_plan
+from prodlens.integrations._sources import late_sources_configured, source_plan
 from prodlens.integrations.asgi import apply_late, wrap_app_call
 
 __all__ = ["PATCHES", "TARGET", "patch", "patch_fastapi"]
@@ -63,14 +63,21 @@ def _wrap_own(owner: Any, attribute: str, wrapper: _patching.Wrapper) -> None:
         _patching.wrap(owner, attribute, wrapper)
 
 
+def _wrap_handle(owner: Any) -> None:
+    """Wrap ``owner.handle`` (where defined) while user/path sources are configured: otherwise
+    a request pays for no wrapper."""
+    if owner is not None and "handle" in vars(owner):
+        _patching.wrap_while(owner, "handle", _handle, late_sources_configured)
+
+
 def patch(module: ModuleType) -> None:
     """Patch Starlette (idempotent); FastAPI too if it is already imported."""
     import starlette.applications
     import starlette.routing
 
     _wrap_own(starlette.applications.Starlette, "__call__", wrap_app_call)
-    _wrap_own(starlette.routing.Route, "handle", _handle)
-    _wrap_own(starlette.routing.WebSocketRoute, "handle", _handle)
+    _wrap_handle(starlette.routing.Route)
+    _wrap_handle(starlette.routing.WebSocketRoute)
     fastapi = sys.modules.get("fastapi")
     # Only a fully imported FastAPI: this hook may run while ``import fastapi`` is importing
     # Starlette; the ``fastapi`` hook below patches it once its import completes.
@@ -85,8 +92,8 @@ def patch_fastapi(module: ModuleType) -> None:
     import fastapi.routing
 
     _wrap_own(fastapi.applications.FastAPI, "__call__", wrap_app_call)
-    _wrap_own(fastapi.routing.APIRoute, "handle", _handle)
-    _wrap_own(getattr(fastapi.routing, "APIWebSocketRoute", None), "handle", _handle)
+    _wrap_handle(fastapi.routing.APIRoute)
+    _wrap_handle(getattr(fastapi.routing, "APIWebSocketRoute", None))
 
 
 #: (module whose import triggers patching, patch function), for ``ProdlensInstrumentor``.

@@ -1,7 +1,9 @@
 """Per-request overhead of prodlens signals (cohort metrics + storm tracking) on top of tagging.
 
-One process, Flask's ``app.test_client()`` (no sockets), a trivial view, the Flask OTel
-instrumentation with an explicit provider and a ``SimpleSpanProcessor`` to a no-op exporter.
+The harness of ``bench_integrations.py``: one process, the Flask app called directly as a WSGI
+application (no sockets, no test client: framework and instrumentation work only), a trivial
+view, the Flask OTel instrumentation with an explicit provider and a ``SimpleSpanProcessor`` to
+a no-op exporter.
 Every contender serves the same request (customer and 4 cohorts in headers):
 
 * ``tagging``: ``ProdlensInstrumentor`` tagging only (``PRODLENS_METRICS=false``);
@@ -11,7 +13,9 @@ Every contender serves the same request (customer and 4 cohorts in headers):
   SDK's default sampler;
 * ``no-duration``: ``signals`` without the duration histogram
   (``CohortMetricsProcessor(duration=False)``: exact counters and storms only), to show what the
-  SDK's synchronous histogram costs on its own.
+  SDK's synchronous histogram costs on its own;
+* ``sdk-histogram``: tagging + the floor of any duration histogram by these 8 attributes: one
+  SDK ``Histogram.record`` per request with a prebuilt attribute dict, nothing else.
 
 With ``--otel-metrics`` a global SDK ``MeterProvider`` is installed first, as in any service that
 exports OpenTelemetry metrics: the Flask instrumentation then records its own HTTP metrics in
@@ -36,17 +40,19 @@ from __future__ import annotations
 
 import argparse
 import gc
+import io
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import flask
 from opentelemetry.instrumentation.flask import FlaskInstrumentor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 
 import prodlens
@@ -54,7 +60,12 @@ from prodlens.instrumentor import ProdlensInstrumentor
 from prodlens.signals.metrics import CohortMetricsProcessor
 from prodlens.signals.sampling import ProdlensSampler
 
-CONTENDERS = ("tagging", "signals", "signals+sampler", "no-duration")
+CONTENDERS = ("tagging", "signals", "signals+sampler", "no-duration", "sdk-histogram")
+#: The attribute set prodlens's metrics give this request (for the ``sdk-histogram`` floor).
+POINT = {"prodlens.cohort.plan": "pro", "prodlens.cohort.region": "eu-west",
+         "prodlens.cohort.tier": "gold", "prodlens.cohort.version": "2.3",
+         "http.route": "/hello", "error": "false", "http.status_class": "2xx",
+         "service.name": "unknown_service"}
 HEADERS = {"x-customer-id": "acme", "x-plan": "pro", "x-region": "eu-west", "x-version": "2.3",
            "x-tier": "gold"}
 ENV = {
@@ -63,6 +74,18 @@ ENV = {
     **{f"PRODLENS_COHORT_{n.upper()}_FROM": f"header:x-{n}" for n in ("plan", "region",
                                                                         "version", "tier")},
 }
+
+
+class HistogramFloor(SpanProcessor):
+    """The floor of any per-request duration histogram by these attributes: one SDK
+    ``Histogram.record`` per server span, with a prebuilt attribute dict, nothing else."""
+
+    def __init__(self, meter_provider: MeterProvider) -> None:
+        self._histogram = meter_provider.get_meter("floor").create_histogram("floor", unit="s")
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if span.parent is None and span.end_time is not None and span.start_time is not None:
+            self._histogram.record((span.end_time - span.start_time) / 1e9, POINT)
 
 
 class Keep(SpanExporter):
@@ -92,6 +115,19 @@ class Setup:
             self.reader.get_metrics_data()
 
 
+def wsgi_environ(headers: dict[str, str]) -> dict[str, Any]:
+    """The WSGI environ of ``GET /hello`` with ``headers`` (as bench_integrations builds it)."""
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": "GET", "PATH_INFO": "/hello", "SERVER_NAME": "bench",
+        "SERVER_PORT": "80", "wsgi.url_scheme": "http", "SERVER_PROTOCOL": "HTTP/1.1",
+        "QUERY_STRING": "", "wsgi.input": None, "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False, "wsgi.multiprocess": False, "wsgi.run_once": False,
+        "REMOTE_ADDR": "127.0.0.1"}
+    for key, value in headers.items():
+        environ["HTTP_" + key.upper().replace("-", "_")] = value
+    return environ
+
+
 def setup(contender: str) -> Setup:
     sampler = ProdlensSampler(ratio=1.0, always="customer:globex") \
         if contender == "signals+sampler" else None
@@ -103,7 +139,11 @@ def setup(contender: str) -> Setup:
     prodlens.configure(provider, environ=ENV)
     reader: InMemoryMetricReader | None = None
     meter_provider: MeterProvider | None = None
-    if contender != "tagging":
+    if contender == "sdk-histogram":
+        reader = InMemoryMetricReader()
+        meter_provider = MeterProvider(metric_readers=[reader])
+        provider.add_span_processor(HistogramFloor(meter_provider))
+    elif contender != "tagging":
         reader = InMemoryMetricReader()
         meter_provider = MeterProvider(metric_readers=[reader])
         provider.add_span_processor(CohortMetricsProcessor(
@@ -111,12 +151,21 @@ def setup(contender: str) -> Setup:
     app = flask.Flask(f"bench-{contender}")
     app.add_url_rule("/hello", "hello", lambda: "ok")
     FlaskInstrumentor().instrument_app(app, tracer_provider=provider)
-    client = app.test_client()
+    environ_base = wsgi_environ(HEADERS)
+
+    def start_response(status: str, headers: list[Any], exc_info: Any = None) -> None:
+        return None
 
     def run(n: int) -> None:
-        get = client.get
         for _ in range(n):
-            get("/hello", headers=HEADERS)
+            environ = dict(environ_base)
+            environ["wsgi.input"] = io.BytesIO(b"")
+            body = app(environ, start_response)
+            for _chunk in body:
+                pass
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
 
     def teardown() -> None:
         FlaskInstrumentor().uninstrument_app(app)
@@ -136,6 +185,8 @@ def check(contender: str, made: Setup) -> str | None:
     want = {"enduser.id": "acme", "prodlens.cohort.plan": "pro", "prodlens.cohort.tier": "gold"}
     if any(attrs.get(k) != v for k, v in want.items()):
         return f"server span not tagged: {attrs}"
+    if contender == "sdk-histogram":
+        return None
     if contender != "tagging":
         if attrs.get("prodlens.repeat_count") is None:
             return "no prodlens.repeat_count on the server span"
@@ -183,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             gc.enable()
             samples[contender].append(elapsed / args.requests * 1e6)
     baseline = "global SDK MeterProvider" if args.otel_metrics else "no global MeterProvider"
-    print(f"python {sys.version.split()[0]}, Flask test_client, {baseline}, {args.rounds} "
+    print(f"python {sys.version.split()[0]}, Flask called as a WSGI app, {baseline}, {args.rounds} "
           f"interleaved rounds x {args.requests} requests, process CPU time, median of per-round "
           "means")
     print(f"  {'contender':<18} {'us/request':>11} {'vs tagging':>11} {'added':>8} "

@@ -45,7 +45,7 @@ from opentelemetry.util.types import AttributeValue
 from prodlens import _runtime, attributes
 from prodlens._open_spans import MAX_DEPTH, OPEN_SPANS
 from prodlens._safety import internal_error, log_once
-from prodlens._stamp import attribute_dict, stamp
+from prodlens._stamp import attribute_dict, stamp, stamp_starting
 
 __all__ = ["RepeatTracker", "StormSpanProcessor", "StormTagger"]
 
@@ -252,7 +252,7 @@ class StormTagger:
         if claims.span_id == span_id:
             return  # another prodlens tagger on this provider counts this request
         claims.span_id = span_id
-        if not self._try_tag(span, attribute_dict(span)):
+        if not self._try_tag(span, attribute_dict(span), starting=True):
             pending = self._pending
             pending[span_id] = span
             if len(pending) > MAX_PENDING:
@@ -260,7 +260,10 @@ class StormTagger:
                     for key in list(islice(pending, len(pending) - MAX_PENDING)):
                         pending.pop(key, None)
 
-    def _try_tag(self, span: Span, attrs: Mapping[str, AttributeValue]) -> bool:
+    def _try_tag(self, span: Span, attrs: Mapping[str, AttributeValue], *,
+                 starting: bool = False) -> bool:
+        """Count the request and write its repeat count if its customer and route are known.
+        ``starting``: called from the span's own start (no other thread can reach it yet)."""
         customer = attrs.get(self._customer_attribute)
         if customer is None:
             customer = attrs.get(attributes.PSEUDONYM_ATTRIBUTE)
@@ -279,7 +282,8 @@ class StormTagger:
             route = str(route)
         tracker = self._tracker
         assert tracker is not None
-        stamp(span, {attributes.REPEAT_COUNT_ATTRIBUTE: tracker.hit(customer, route)}, 0)
+        count = {attributes.REPEAT_COUNT_ATTRIBUTE: tracker.hit(customer, route)}
+        (stamp_starting if starting else stamp)(span, count, 0)
         return True
 
     def _tag_pending_root(self, span_id: int) -> None:

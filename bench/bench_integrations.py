@@ -14,7 +14,10 @@ Every contender serves the same request (5 identity headers and a 5-entry ``bagg
 * ``otel``: the framework's OTel instrumentation alone;
 * ``prodlens``: + ``ProdlensInstrumentor`` reading the customer and 4 cohorts from headers;
 * ``prodlens-baggage``: + prodlens reading the same 5 values from inbound ``baggage``;
-* ``baggage-processor``: + contrib's ``BaggageSpanProcessor`` copying the same 5 baggage entries.
+* ``baggage-processor``: + contrib's ``BaggageSpanProcessor`` copying the same 5 baggage entries;
+* ``set-attributes``: + a processor that only calls ``span.set_attributes`` with the same 5
+  attributes, prebuilt, on every span: the floor of writing them through the public API, with no
+  request parsing at all.
 
 Every contender must put the same 5 attributes on the server span (checked before timing).
 Frameworks: Flask (``app.test_client()``-style WSGI call) and FastAPI (a direct ASGI call in
@@ -36,12 +39,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 
 from prodlens.instrumentor import ProdlensInstrumentor
 
-CONTENDERS = ("otel", "prodlens", "prodlens-baggage", "baggage-processor")
+CONTENDERS = ("otel", "prodlens", "prodlens-baggage", "baggage-processor", "set-attributes")
+#: What every contender puts on each span, prebuilt (the ``set-attributes`` floor).
+STAMP = {"enduser.id": "acme", "prodlens.cohort.plan": "pro",
+         "prodlens.cohort.region": "eu-west", "prodlens.cohort.version": "2.3",
+         "prodlens.cohort.tier": "gold"}
 VALUES = {"customer": "acme", "plan": "pro", "region": "eu-west", "version": "2.3",
           "tier": "gold"}
 HEADERS = {"x-customer-id": "acme", "x-plan": "pro", "x-region": "eu-west", "x-version": "2.3",
@@ -55,6 +62,13 @@ HEADER_ENV = {
     **{f"PRODLENS_COHORT_{n.upper()}_FROM": f"header:x-{n}" for n in VALUES if n != "customer"},
 }
 BAGGAGE_ENV = {"PRODLENS_METRICS": "false", "PRODLENS_CUSTOMER_FROM": "baggage"}
+
+
+class SetAttributes(SpanProcessor):
+    """The public-API floor: one ``set_attributes`` of the prebuilt 5 attributes per span."""
+
+    def on_start(self, span: Span, parent_context: Any = None) -> None:
+        span.set_attributes(STAMP)
 
 
 class Keep(SpanExporter):
@@ -84,6 +98,8 @@ class Setup:
 def provider_for(contender: str) -> tuple[TracerProvider, Keep]:
     provider = TracerProvider()
     exporter = Keep()
+    if contender == "set-attributes":
+        provider.add_span_processor(SetAttributes())
     if contender == "baggage-processor":
         from opentelemetry.processor.baggage import ALLOW_ALL_BAGGAGE_KEYS, BaggageSpanProcessor
 

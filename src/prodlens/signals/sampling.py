@@ -58,7 +58,13 @@ from prodlens.pseudonym import compute_pseudonym
 
 __all__ = ["ProdlensSampler", "TokenBucket", "sampler_factory"]
 
-_REQUEST_KINDS: Final = frozenset({SpanKind.SERVER, SpanKind.CONSUMER})
+#: Enum members as module constants (a class-attribute look-up through the enum machinery
+#: costs ~70 ns on CPython 3.11, on every sampling decision).
+_SERVER: Final = SpanKind.SERVER
+_CONSUMER: Final = SpanKind.CONSUMER
+_RECORD_AND_SAMPLE: Final = Decision.RECORD_AND_SAMPLE
+_RECORD_ONLY: Final = Decision.RECORD_ONLY
+_DROP: Final = Decision.DROP
 _TRACE_ID_MASK: Final = TraceIdRatioBased.TRACE_ID_LIMIT
 
 
@@ -243,8 +249,8 @@ class ProdlensSampler(Sampler):
         try:
             if parent.is_valid and not parent.is_remote:
                 # A local child follows its parent: never a partial trace.
-                decision = (Decision.RECORD_AND_SAMPLE if parent.trace_flags.sampled
-                            else Decision.DROP)
+                decision = (_RECORD_AND_SAMPLE if parent.trace_flags.sampled
+                            else _DROP)
                 return SamplingResult(decision, attributes, parent_state)
             policy = self.policy()
             if parent.is_valid:
@@ -254,15 +260,15 @@ class ProdlensSampler(Sampler):
                     policy.watching and self._watched(policy) and self._bucket.take()
                 )
             if sampled:
-                return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, parent_state)
-            if policy.record_unsampled_roots and kind in _REQUEST_KINDS:
+                return SamplingResult(_RECORD_AND_SAMPLE, attributes, parent_state)
+            if policy.record_unsampled_roots and (kind is _SERVER or kind is _CONSUMER):
                 # Recorded (the cohort metrics count it) but not exported; children drop.
-                return SamplingResult(Decision.RECORD_ONLY, attributes, parent_state)
-            return SamplingResult(Decision.DROP, None, parent_state)
+                return SamplingResult(_RECORD_ONLY, attributes, parent_state)
+            return SamplingResult(_DROP, None, parent_state)
         except Exception as error:
             internal_error("sampling", error)
             sampled = parent.trace_flags.sampled if parent.is_valid else True
-            return SamplingResult(Decision.RECORD_AND_SAMPLE if sampled else Decision.DROP,
+            return SamplingResult(_RECORD_AND_SAMPLE if sampled else _DROP,
                                   attributes, parent_state)
 
     @staticmethod

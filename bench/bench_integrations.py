@@ -134,24 +134,20 @@ def prodlens_switch(contender: str, provider: TracerProvider) -> tuple[Callable[
 # --------------------------------------------------------------------------- Flask
 
 
-def flask_setup(contender: str) -> Setup:
-    import flask
-    from opentelemetry.instrumentation.flask import FlaskInstrumentor
-
-    provider, exporter = provider_for(contender)
-    enable, disable = prodlens_switch(contender, provider)
-    app = flask.Flask("bench")
-    app.add_url_rule("/hello", "hello", lambda: "ok")
-    FlaskInstrumentor().instrument_app(app, tracer_provider=provider)
-    environ_base = {"REQUEST_METHOD": "GET", "PATH_INFO": "/hello", "SERVER_NAME": "bench",
-                    "SERVER_PORT": "80", "wsgi.url_scheme": "http", "SERVER_PROTOCOL": "HTTP/1.1",
-                    "QUERY_STRING": "", "wsgi.input": None, "wsgi.errors": sys.stderr,
-                    "wsgi.multithread": False, "wsgi.multiprocess": False,
-                    "wsgi.run_once": False, "REMOTE_ADDR": "127.0.0.1"}
-    for key, value in request_headers(contender).items():
-        environ_base["HTTP_" + key.upper().replace("-", "_")] = value
-
+def wsgi_runner(app: Callable[..., Any], headers: dict[str, str]) -> Callable[[int], None]:
+    """``run(n)``: n ``GET /hello`` requests with ``headers``, calling ``app`` as a WSGI
+    application (no server, no test client) and consuming each response. Shared with
+    bench_signals.py, so both measure the same harness."""
     import io
+
+    environ_base: dict[str, Any] = {
+        "REQUEST_METHOD": "GET", "PATH_INFO": "/hello", "SERVER_NAME": "bench",
+        "SERVER_PORT": "80", "wsgi.url_scheme": "http", "SERVER_PROTOCOL": "HTTP/1.1",
+        "QUERY_STRING": "", "wsgi.input": None, "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False, "wsgi.multiprocess": False, "wsgi.run_once": False,
+        "REMOTE_ADDR": "127.0.0.1"}
+    for key, value in headers.items():
+        environ_base["HTTP_" + key.upper().replace("-", "_")] = value
 
     def start_response(status: str, headers: list[Any], exc_info: Any = None) -> None:
         return None
@@ -166,6 +162,20 @@ def flask_setup(contender: str) -> Setup:
             close = getattr(body, "close", None)
             if close is not None:
                 close()
+
+    return run
+
+
+def flask_setup(contender: str) -> Setup:
+    import flask
+    from opentelemetry.instrumentation.flask import FlaskInstrumentor
+
+    provider, exporter = provider_for(contender)
+    enable, disable = prodlens_switch(contender, provider)
+    app = flask.Flask("bench")
+    app.add_url_rule("/hello", "hello", lambda: "ok")
+    FlaskInstrumentor().instrument_app(app, tracer_provider=provider)
+    run = wsgi_runner(app, request_headers(contender))
 
     def teardown() -> None:
         FlaskInstrumentor().uninstrument_app(app)

@@ -40,15 +40,14 @@ from __future__ import annotations
 
 import argparse
 import gc
-import io
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import flask
+from bench_integrations import wsgi_runner  # the same harness (this directory is on sys.path)
 from opentelemetry.instrumentation.flask import FlaskInstrumentor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -115,19 +114,6 @@ class Setup:
             self.reader.get_metrics_data()
 
 
-def wsgi_environ(headers: dict[str, str]) -> dict[str, Any]:
-    """The WSGI environ of ``GET /hello`` with ``headers`` (as bench_integrations builds it)."""
-    environ: dict[str, Any] = {
-        "REQUEST_METHOD": "GET", "PATH_INFO": "/hello", "SERVER_NAME": "bench",
-        "SERVER_PORT": "80", "wsgi.url_scheme": "http", "SERVER_PROTOCOL": "HTTP/1.1",
-        "QUERY_STRING": "", "wsgi.input": None, "wsgi.errors": sys.stderr,
-        "wsgi.multithread": False, "wsgi.multiprocess": False, "wsgi.run_once": False,
-        "REMOTE_ADDR": "127.0.0.1"}
-    for key, value in headers.items():
-        environ["HTTP_" + key.upper().replace("-", "_")] = value
-    return environ
-
-
 def setup(contender: str) -> Setup:
     sampler = ProdlensSampler(ratio=1.0, always="customer:globex") \
         if contender == "signals+sampler" else None
@@ -151,21 +137,7 @@ def setup(contender: str) -> Setup:
     app = flask.Flask(f"bench-{contender}")
     app.add_url_rule("/hello", "hello", lambda: "ok")
     FlaskInstrumentor().instrument_app(app, tracer_provider=provider)
-    environ_base = wsgi_environ(HEADERS)
-
-    def start_response(status: str, headers: list[Any], exc_info: Any = None) -> None:
-        return None
-
-    def run(n: int) -> None:
-        for _ in range(n):
-            environ = dict(environ_base)
-            environ["wsgi.input"] = io.BytesIO(b"")
-            body = app(environ, start_response)
-            for _chunk in body:
-                pass
-            close = getattr(body, "close", None)
-            if close is not None:
-                close()
+    run = wsgi_runner(app, HEADERS)
 
     def teardown() -> None:
         FlaskInstrumentor().uninstrument_app(app)

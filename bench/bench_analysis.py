@@ -2,7 +2,9 @@
 
 Contenders, each measured in its own subprocess so that peak memory (ru_maxrss) is honest:
 
-* ``orjson floor``: parse every line with orjson and do nothing else;
+* ``orjson floor``: parse every line with orjson and do nothing else (the issue's floor);
+* ``msgspec floor``: decode every line into the Structs the embedded engine reads
+  (``prodlens.analysis._otlp``) and do nothing else: the floor of the engine as built;
 * ``prodlens slice``: the embedded engine, the full analysis (units, singles, pairs, test);
 * ``prodlens affected``: the embedded engine listing affected customers;
 * ``duckdb group-by``: DuckDB reading the same files, failures GROUP BY one span attribute;
@@ -10,6 +12,9 @@ Contenders, each measured in its own subprocess so that peak memory (ru_maxrss) 
 * ``chdb load+slice``: load the files into chdb, then run the ClickHouse SQL;
 * ``slice (baseline)``, with ``--baseline SRC``: ``prodlens slice`` from another source tree
   (``SRC/prodlens``), e.g. a copy taken before a change, for a before/after in one run.
+
+Both floors read lines the way the engine does (a 1 MiB buffer: one line is one export request,
+hundreds of KB), so a ratio to a floor measures the work past reading and parsing.
 
 Data: synthetic exports written through the real SDK by ``prodlens.analysis.synthetic``
 (cached under ``--data-dir``). Run::
@@ -35,8 +40,11 @@ from pathlib import Path
 from typing import Any
 
 ATTRIBUTE = "prodlens.cohort.region"
-CONTENDERS = ("orjson floor", "prodlens slice", "prodlens affected", "duckdb group-by",
-              "chdb group-by", "chdb load+slice")
+#: The engine's read buffer (prodlens.analysis._reader.READ_BUFFER), copied so that the orjson
+#: floor imports orjson alone and its peak RSS is orjson's.
+READ_BUFFER = 1 << 20
+CONTENDERS = ("orjson floor", "msgspec floor", "prodlens slice", "prodlens affected",
+              "duckdb group-by", "chdb group-by", "chdb load+slice")
 BASELINE = "slice (baseline)"
 _CH_VALUE = (
     "multiIf(JSONHas(v, 'stringValue'), JSONExtractString(v, 'stringValue'), "
@@ -64,17 +72,8 @@ def _files(directory: str) -> list[str]:
 
 def run_contender(name: str, directory: str) -> dict[str, Any]:
     """Run one contender in this process; return seconds and its result summary."""
-    if name == "orjson floor":
-        import orjson
-
-        start = time.perf_counter()
-        lines = 0
-        for path in _files(directory):
-            with open(path, "rb") as stream:
-                for line in stream:
-                    orjson.loads(line)
-                    lines += 1
-        return {"seconds": time.perf_counter() - start, "result": f"{lines} lines"}
+    if name in ("orjson floor", "msgspec floor"):
+        return parse_floor(name, directory)
     if name == "prodlens slice":
         from prodlens.analysis import slice_failures
 
@@ -121,6 +120,26 @@ def run_contender(name: str, directory: str) -> dict[str, Any]:
     if name == "chdb load+slice":
         return chdb_load_and_slice(directory)
     raise SystemExit(f"unknown contender {name!r}")
+
+
+def parse_floor(name: str, directory: str) -> dict[str, Any]:
+    """Read and parse every line (orjson into dicts, or msgspec into the engine's Structs)."""
+    if name == "orjson floor":
+        import orjson
+
+        parse = orjson.loads
+    else:
+        from prodlens.analysis._otlp import decoder
+
+        parse = decoder().decode
+    start = time.perf_counter()
+    lines = 0
+    for path in _files(directory):
+        with open(path, "rb", buffering=READ_BUFFER) as stream:
+            for line in stream:
+                parse(line)
+                lines += 1
+    return {"seconds": time.perf_counter() - start, "result": f"{lines} lines"}
 
 
 def chdb_load_and_slice(directory: str) -> dict[str, Any]:

@@ -86,8 +86,7 @@ def _scan(paths: Paths, options: SliceOptions, *, track_customers: bool,
             try:
                 aggregates.consume(request, progress)
             except (KeyError, TypeError, AttributeError, ValueError) as error:
-                progress.bad_line(where, f"not an OTLP trace request ({type(error).__name__}: "
-                                         f"{str(error)[:80]})")
+                progress.bad_request(where, error)
         aggregates.finish()
     finally:
         if collecting:

@@ -1,7 +1,7 @@
 """The ``prodlens slice`` and ``prodlens affected`` sub-commands.
 
-Importing this module needs only the core install; the ``analyze`` extra (orjson) is imported
-when a command reads files, and a clear message says what to install if it is missing.
+Importing this module needs only the core install; the ``analyze`` extra (msgspec, orjson) is
+imported when a command reads files, and a clear message says what to install if it is missing.
 
 Example::
 

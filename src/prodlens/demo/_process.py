@@ -33,7 +33,7 @@ EXTRA_HINT: Final = "pip install 'prodlens[demo]'"
 _EXPORTER_VALUE: Final = "prodlens.exporter:OTLPJsonFileSpanExporter"
 #: Modules the demo needs, from the ``demo`` extra.
 _NEEDED: Final = ("flask", "opentelemetry.instrumentation.flask", "opentelemetry.distro",
-                  "opentelemetry.instrumentation.auto_instrumentation", "orjson")
+                  "opentelemetry.instrumentation.auto_instrumentation", "orjson", "msgspec")
 _START_TIMEOUT: Final = 60.0
 _STOP_TIMEOUT: Final = 20.0
 LOG_FILE: Final = "shop.log"

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from prodlens.analysis.synthetic import SyntheticTraces
 
 
@@ -116,8 +118,9 @@ def test_errors_exit_2_with_a_clear_message(tmp_path: Path) -> None:
     assert bad_time.returncode == 2 and "ISO 8601" in bad_time.stderr
 
 
-def test_missing_extra_is_explained(tmp_path: Path) -> None:
-    code = ("import sys; sys.modules['orjson'] = None\n"
+@pytest.mark.parametrize("module", ["orjson", "msgspec"])
+def test_missing_extra_is_explained(tmp_path: Path, module: str) -> None:
+    code = (f"import sys; sys.modules[{module!r}] = None\n"
             "from prodlens.cli import main\n"
             f"sys.exit(main(['slice', {str(tmp_path)!r}]))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -301,13 +301,3 @@ def test_the_extra_is_imported_only_to_read_files(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr
-
-
-def test_missing_msgspec_is_explained(tmp_path: Path) -> None:
-    code = ("import sys; sys.modules['msgspec'] = None\n"
-            "from prodlens.cli import main\n"
-            f"sys.exit(main(['slice', {str(tmp_path)!r}]))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=60)
-    assert result.returncode == 2
-    assert "pip install 'prodlens[analyze]'" in result.stderr

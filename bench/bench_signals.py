@@ -47,12 +47,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import flask
-from bench_integrations import wsgi_runner  # the same harness (this directory is on sys.path)
+from bench_integrations import Keep, wsgi_runner  # the same harness (this directory is on sys.path)
 from opentelemetry.instrumentation.flask import FlaskInstrumentor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 import prodlens
 from prodlens.instrumentor import ProdlensInstrumentor
@@ -85,20 +85,6 @@ class HistogramFloor(SpanProcessor):
     def on_end(self, span: ReadableSpan) -> None:
         if span.parent is None and span.end_time is not None and span.start_time is not None:
             self._histogram.record((span.end_time - span.start_time) / 1e9, POINT)
-
-
-class Keep(SpanExporter):
-    """Keeps only the last span (for the check); discards the rest cheaply."""
-
-    def __init__(self) -> None:
-        self.last: ReadableSpan | None = None
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        self.last = spans[-1]
-        return SpanExportResult.SUCCESS
-
-    def shutdown(self) -> None:
-        return None
 
 
 @dataclass

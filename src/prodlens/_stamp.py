@@ -5,7 +5,8 @@ attribute: ``isinstance`` chains, a per-key lock round trip), and prodlens calls
 span. The values prodlens writes are already clean: strings bounded by
 ``PRODLENS_MAX_VALUE_LENGTH`` (or an int), under keys that are valid attribute names. So when
 it is safe, :func:`stamp` merges them into the span's attribute dict directly, under the same
-two locks ``set_attributes`` takes; the result is the one ``set_attributes`` would give.
+two locks ``set_attributes`` takes (:func:`stamp_starting`, for a span inside ``on_start`` that
+no other thread can reach yet, takes none); the result is the one ``set_attributes`` would give.
 
 This relies on how the SDK stores span attributes (a ``BoundedAttributes`` with a plain
 ``_dict``), which is not public API. It is therefore checked, not assumed: the first use runs
@@ -41,7 +42,7 @@ def stamp(span: Span, attributes: Mapping[str, AttributeValue], longest: int) ->
     """Set ``attributes`` on ``span`` exactly as ``span.set_attributes`` would.
 
     Args:
-        span: an SDK span (its processor's ``on_start`` argument).
+        span: an SDK span, open or ended, that other threads may be writing to.
         attributes: valid attribute names to strings or ints (no sequences).
         longest: the length of the longest string value (0 when there are none), checked
             against the span's value-length limit.
@@ -82,7 +83,7 @@ def _direct(span: Span, attributes: Mapping[str, AttributeValue], longest: int) 
     """Merge ``attributes`` into the span's attribute dict when that is all ``set_attributes``
     would do; False (nothing written) otherwise."""
     bounded: Any = span._attributes
-    if bounded.__class__ is not _BOUNDED:
+    if bounded.__class__ is not _BOUNDED:  # its lock may not exist; _merge checks the rest
         return False
     with span._lock, bounded._lock:  # the order Span.set_attributes takes them in
         return _merge(span, attributes, longest)

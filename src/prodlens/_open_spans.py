@@ -1,18 +1,24 @@
 """Bookkeeping of open spans, so late identification can reach their open ancestors.
 
 An SDK span's ``parent`` is only a ``SpanContext``: to find the span object of a parent that is
-still open, prodlens remembers every open span by span id between ``on_start`` and ``on_end``.
-The table is bounded by ``PRODLENS_MAX_OPEN_SPANS``: past it, the oldest entries are forgotten
-(an application that never ends some spans cannot leak memory; a forgotten ancestor simply does
-not get late tags).
+still open, prodlens remembers the spans it saw start. A span started inside a prodlens scope
+(a request, a ``tag()`` block) is appended to that scope's ``spans`` list: one list append, and
+nothing to undo when the span ends, since the list goes when the scope does. Ended spans are
+dropped from the list each time it doubles (past :data:`COMPACT_AT`), so a long-lived scope (a
+websocket connection, a worker loop) holds its open spans plus a few ended ones. A span started
+outside every scope goes into one process-wide table by span id, removed when it ends.
+
+Both are bounded by ``PRODLENS_MAX_OPEN_SPANS`` (per scope, and for the table): past it, the
+oldest entries are forgotten (an application that never ends some spans cannot leak memory; a
+forgotten ancestor simply does not get late tags).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
-from typing import Final
+from collections.abc import Callable, Mapping
+from typing import Final, Protocol
 
 from opentelemetry.sdk.trace import ReadableSpan, Span
 from opentelemetry.trace import INVALID_SPAN_ID
@@ -21,6 +27,62 @@ from prodlens._safety import log_once
 
 #: Walking up stops after this many ancestors (guards against cycles and absurd depths).
 MAX_DEPTH: Final = 256
+#: A scope's span list is first compacted at this length (then each time it doubles).
+COMPACT_AT: Final = 64
+
+
+class SpanScope(Protocol):
+    """What the walk needs of a ``prodlens.identity.Scope``."""
+
+    @property
+    def spans(self) -> list[Span]: ...
+
+    @property
+    def outer(self) -> SpanScope | None: ...
+
+
+def compact_spans(spans: list[Span], limit: int) -> list[Span]:
+    """``spans`` without the ended ones, and without the oldest open ones past ``limit``."""
+    kept = [span for span in spans if span.end_time is None]
+    if len(kept) > limit:
+        kept = kept[len(kept) - limit:]
+        _warn_limit(limit)
+    return kept
+
+
+def _warn_limit(limit: int) -> None:
+    log_once(
+        "limit:open_spans", logging.WARNING,
+        "prodlens: more than %d spans are open at once; the oldest are forgotten and will "
+        "not receive late identify() tags. Raise PRODLENS_MAX_OPEN_SPANS if this is expected.",
+        limit,
+    )
+
+
+def open_span_finder(scope: SpanScope | None) -> Callable[[int], Span | None]:
+    """``find(span_id)``: the open span with that id, from the process-wide table or the
+    spans of ``scope`` and of the scopes it opened inside (indexed at the first miss)."""
+    table = OPEN_SPANS.table
+    index: dict[int, Span] | None = None
+
+    def find(span_id: int) -> Span | None:
+        nonlocal index
+        span = table.get(span_id)
+        if span is not None or scope is None:
+            return span
+        if index is None:
+            index = {}
+            current: SpanScope | None = scope
+            for _ in range(MAX_DEPTH):
+                if current is None:
+                    break
+                for candidate in current.spans:
+                    if candidate.end_time is None:
+                        index.setdefault(candidate.context.span_id, candidate)
+                current = current.outer
+        return index.get(span_id)
+
+    return find
 
 
 class OpenSpans:
@@ -60,12 +122,7 @@ class OpenSpans:
             drop = max(excess, limit // 10)
             for span_id in list(spans)[:drop]:
                 spans.pop(span_id, None)
-        log_once(
-            "limit:open_spans", logging.WARNING,
-            "prodlens: more than %d spans are open at once; the oldest are forgotten and will "
-            "not receive late identify() tags. Raise PRODLENS_MAX_OPEN_SPANS if this is expected.",
-            limit,
-        )
+        _warn_limit(limit)
 
 
 OPEN_SPANS: Final = OpenSpans()
@@ -77,14 +134,17 @@ def tag_open_ancestors(
     customer_attribute: str,
     customer: str | None,
     boundary: int | None,
+    scope: SpanScope | None = None,
 ) -> None:
     """Set ``stamp`` on ``start`` and on each of its still-open ancestors in this process.
 
     Stops at the local root (a parent that is remote or unknown), at ``boundary`` (the span
     that was current when a ``tag()`` scope opened: identity set inside that scope never reaches
     above it), at a span that already ended, and at an ancestor that already carries a different
-    customer (left as it is). The current span itself always takes the new identity.
+    customer (left as it is). The current span itself always takes the new identity. Ancestors
+    are looked up in the process-wide table and in ``scope``'s spans (the current scope).
     """
+    find = open_span_finder(scope)
     span: Span | None = start
     depth = 0
     trace_id = start.context.trace_id
@@ -104,5 +164,5 @@ def tag_open_ancestors(
             return
         if parent.trace_id != trace_id:
             return
-        span = OPEN_SPANS.get(parent.span_id)
+        span = find(parent.span_id)
         depth += 1

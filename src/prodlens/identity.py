@@ -24,7 +24,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import Span
 
 from prodlens import _runtime, attributes
-from prodlens._open_spans import tag_open_ancestors
+from prodlens._open_spans import COMPACT_AT, compact_spans, tag_open_ancestors
 from prodlens._safety import internal_error, log_once
 from prodlens.pseudonym import compute_pseudonym
 
@@ -185,12 +185,25 @@ class Scope:
     so ``identify()`` in a thread-pool callback or a child task of a request still reaches the
     request's later spans."""
 
-    __slots__ = ("boundary", "identity")
+    __slots__ = ("boundary", "compact_at", "identity", "outer", "spans")
 
-    def __init__(self, identity: Identity | None, boundary: int | None) -> None:
+    def __init__(self, identity: Identity | None, boundary: int | None,
+                 outer: Scope | None = None) -> None:
         self.identity = identity
         #: Span id that was current when a ``tag()`` scope opened; identify() stops below it.
         self.boundary = boundary
+        #: The scope that was current when this one opened (its spans may be ancestors).
+        self.outer = outer
+        #: Spans started in this scope, so late identification can reach the open ones: the
+        #: processor appends, :meth:`compact` drops ended ones (bounded; see prodlens._open_spans).
+        self.spans: list[Span] = []
+        #: Length of ``spans`` at which the processor next calls :meth:`compact`.
+        self.compact_at = COMPACT_AT
+
+    def compact(self, limit: int) -> None:
+        """Forget ended spans, and the oldest open ones past ``limit``."""
+        self.spans = compact_spans(self.spans, limit)
+        self.compact_at = max(COMPACT_AT, 2 * len(self.spans))
 
 
 SCOPE: Final[contextvars.ContextVar[Scope | None]] = contextvars.ContextVar(
@@ -227,7 +240,7 @@ def open_scope(identity: Identity | None, *, isolate_ancestors: bool) -> context
         context = span.get_span_context()
         if context.is_valid:
             boundary = context.span_id
-    return SCOPE.set(Scope(identity, boundary))
+    return SCOPE.set(Scope(identity, boundary, SCOPE.get()))
 
 
 def close_scope(token: contextvars.Token[Scope | None]) -> None:
@@ -249,7 +262,8 @@ def apply(update: Identity) -> None:
     span = trace.get_current_span()
     if isinstance(span, Span) and span.is_recording() and _runtime.current().enabled:
         tag_open_ancestors(
-            span, merged.attributes, merged.customer_attribute, merged.customer, scope.boundary
+            span, merged.attributes, merged.customer_attribute, merged.customer, scope.boundary,
+            scope,
         )
 
 

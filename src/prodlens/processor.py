@@ -3,7 +3,7 @@
 On start it stamps the span with the current identity: the attribute dict is built once per
 identity, not per span, and merged into the span's attributes in one step where the SDK allows
 (see :mod:`prodlens._stamp`) and remembers the span while it is
-open, so a late ``identify()`` can tag it as an ancestor.
+open (in its scope's span list), so a late ``identify()`` can tag it as an ancestor.
 
 Example::
 
@@ -33,7 +33,8 @@ _SCOPE_GET = SCOPE.get
 
 
 def open_span_count() -> int:
-    """How many spans prodlens currently remembers as open (bounded by PRODLENS_MAX_OPEN_SPANS)."""
+    """How many spans started outside every prodlens scope are remembered as open (bounded by
+    PRODLENS_MAX_OPEN_SPANS); spans started in a scope are remembered in its ``spans``."""
     return len(OPEN_SPANS)
 
 
@@ -49,14 +50,21 @@ class ProdlensSpanProcessor(SpanProcessor):
             runtime = _runtime._current
             if not runtime.on:
                 return
-            # Stamped before the span is published in the open-span table: until then no other
-            # thread can reach it, so the write takes no lock (prodlens._stamp.stamp_starting).
+            # Stamped before the span is published (in its scope's span list or the open-span
+            # table): until then no other thread can reach it, so the write takes no lock
+            # (prodlens._stamp.stamp_starting).
             scope = _SCOPE_GET()
             if scope is not None:
                 identity = scope.identity
                 if identity is not None and identity.attributes:
                     stamp_starting(span, identity.attributes, identity.longest)
-            # Inlined OpenSpans.add: this is the hot path of every span.
+                # Remembered in its scope: one append, nothing to undo in on_end.
+                spans = scope.spans
+                spans.append(span)
+                if len(spans) >= scope.compact_at:
+                    scope.compact(runtime.max_open_spans)
+                return
+            # Outside every scope: the process-wide table (inlined OpenSpans.add).
             open_spans = _OPEN
             open_spans[span.context.span_id] = span
             if len(open_spans) > runtime.max_open_spans:
@@ -66,7 +74,8 @@ class ProdlensSpanProcessor(SpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         try:
-            _OPEN_POP(span.context.span_id, None)
+            if _OPEN:  # only spans started outside every scope are in the table
+                _OPEN_POP(span.context.span_id, None)
         except Exception as error:
             internal_error("span end", error)
 

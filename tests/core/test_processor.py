@@ -133,6 +133,45 @@ def test_open_span_bookkeeping_is_bounded(traced_with):
     assert open_span_count() == 0
 
 
+def test_a_scope_remembers_its_open_spans_within_bounds(traced_with):
+    from prodlens.identity import SCOPE, close_scope, open_scope
+
+    traced = traced_with(max_open_spans=100)
+    token = open_scope(None, isolate_ancestors=False)
+    try:
+        scope = SCOPE.get()
+        assert scope is not None
+        for i in range(10_000):  # a long-lived scope (a websocket, a worker loop)
+            traced.tracer.start_span(f"ended-{i}").end()
+        assert len(scope.spans) < 2 * 64  # ended spans are compacted away as it grows
+        leaked = [traced.tracer.start_span(f"never-ended-{i}") for i in range(5000)]
+        assert len(scope.spans) <= 2 * 100  # past the limit, the oldest open are forgotten
+        assert leaked[-1] in scope.spans and leaked[0] not in scope.spans
+        assert open_span_count() == 0  # spans in a scope never reach the process-wide table
+        with traced.tracer.start_as_current_span("server", kind=SpanKind.SERVER):
+            with traced.tracer.start_as_current_span("view"):
+                prodlens.identify("acme", plan="pro")
+        for span in leaked:
+            span.end()
+    finally:
+        close_scope(token)
+    assert traced.by_name()["server"] == ACME
+
+
+def test_late_identify_in_a_nested_scope_reaches_ancestors_of_the_outer_scope(traced):
+    from prodlens.identity import close_scope, open_scope
+
+    tracer = traced.tracer
+    request = open_scope(None, isolate_ancestors=False)
+    with tracer.start_as_current_span("server", kind=SpanKind.SERVER):
+        inner = open_scope(None, isolate_ancestors=False)  # e.g. an eager task's own scope
+        with tracer.start_as_current_span("task"):
+            prodlens.identify("acme", plan="pro")
+        close_scope(inner)
+    close_scope(request)
+    assert traced.by_name() == {"server": ACME, "task": ACME}
+
+
 def test_ended_spans_are_forgotten(traced):
     with traced.tracer.start_as_current_span("a"):
         assert open_span_count() == 1

@@ -72,6 +72,53 @@ def test_uninstrument_removes_every_patch_and_deactivates(prodlens_setup: Any) -
     assert not _runtime.current().enabled
 
 
+def test_per_request_entry_points_are_plain_functions_mirroring_the_original(
+        prodlens_setup: Any) -> None:
+    import asyncio
+    import inspect
+
+    import fastapi
+    import starlette.applications
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    asgi = [fastapi.FastAPI, starlette.applications.Starlette, OpenTelemetryMiddleware]
+    originals = {owner: vars(owner)["__call__"] for owner in [*asgi, flask.app.Flask]}
+    prodlens_setup({"PRODLENS_CUSTOMER_FROM": "header:x-customer-id"})
+    for owner, original in originals.items():
+        patched = vars(owner)["__call__"]
+        assert _patching.patched(owner, "__call__")
+        # Not a wrapt wrapper (which binds a new object on every call): a plain function with
+        # the original's signature and __wrapped__.
+        assert type(patched) is type(original) and patched.__wrapped__ is original
+        assert inspect.signature(patched) == inspect.signature(original)
+    for owner in asgi:  # servers pick ASGI 3 by this test (uvicorn's interface="auto")
+        assert asyncio.iscoroutinefunction(vars(owner)["__call__"])
+        assert inspect.iscoroutinefunction(vars(owner)["__call__"])
+    ProdlensInstrumentor().uninstrument()
+    assert all(vars(owner)["__call__"] is original for owner, original in originals.items())
+
+
+def test_an_unexpected_entry_point_signature_falls_back_to_a_wrapt_wrapper() -> None:
+    from prodlens.integrations.asgi import asgi_call, wrap_app_call
+
+    class Odd:
+        async def __call__(self, scope: Any, *rest: Any) -> Any:
+            return scope["n"] + len(rest)
+
+    original = vars(Odd)["__call__"]
+    assert asgi_call(original) is None  # *rest: not the signature it mirrors
+    _patching.replace(Odd, "__call__", asgi_call, wrap_app_call)
+    try:
+        assert _patching.patched(Odd, "__call__")
+        assert type(vars(Odd)["__call__"]) is not type(original)  # wrapt's wrapper
+        import asyncio
+
+        assert asyncio.run(Odd()({"n": 1}, 2, 3)) == 3
+    finally:
+        _patching.unpatch_all()
+    assert vars(Odd)["__call__"] is original
+
+
 def test_late_source_hooks_are_patched_only_while_late_sources_are_configured(
         prodlens_setup: Any) -> None:
     import fastapi.routing

@@ -7,6 +7,7 @@ Post-import hooks (wrapt) patch a framework whenever it is imported, before or a
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Callable
 from types import ModuleType
@@ -17,7 +18,8 @@ import wrapt
 from prodlens import _runtime
 from prodlens._safety import internal_error
 
-__all__ = ["on_import", "on_unpatch", "patched", "unpatch_all", "wrap", "wrap_while"]
+__all__ = ["has_parameters", "on_import", "on_unpatch", "patched", "replace", "unpatch_all",
+           "wrap", "wrap_while"]
 
 Wrapper = Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]
 
@@ -43,6 +45,40 @@ def wrap(owner: Any, attribute: str, wrapper: Wrapper) -> None:
             owner, attribute)
         wrapt.wrap_function_wrapper(owner, attribute, wrapper)
         _patches.append((owner, attribute, original))
+
+
+def replace(owner: Any, attribute: str, make: Callable[[Any], Any], wrapper: Wrapper) -> None:
+    """Replace ``owner.attribute`` by the plain function ``make(original)``, once; recorded
+    for :func:`unpatch_all` like :func:`wrap`. When ``make`` returns None (the original is not
+    the plain function it knows how to wrap), wrap with the wrapt ``wrapper`` instead.
+
+    For the few per-request entry points (an ASGI or WSGI ``__call__``): a wrapt wrapper on a
+    class binds a new ``BoundFunctionWrapper`` on every call, about 5,000 instructions, and
+    FastAPI goes through three patched layers per request; a plain function costs a tenth of
+    that. ``make`` must keep the original's signature (and ``async``-ness) and set
+    ``__wrapped__`` (``functools.wraps``).
+    """
+    with _lock:
+        if any(o is owner and a == attribute for o, a, _ in _patches):
+            return
+        original = owner.__dict__.get(attribute)
+        replacement = None if original is None else make(original)
+        if replacement is None:
+            wrap(owner, attribute, wrapper)
+            return
+        setattr(owner, attribute, replacement)
+        _patches.append((owner, attribute, original))
+
+
+def has_parameters(original: Any, names: tuple[str, ...]) -> bool:
+    """True if ``original`` is a plain Python function whose parameters are exactly ``names``,
+    positional-or-keyword, without defaults (what a :func:`replace` function may mirror)."""
+    if original.__class__ is not has_parameters.__class__:
+        return False
+    code = original.__code__
+    return (code.co_argcount == len(names) and code.co_varnames[:len(names)] == names
+            and not original.__defaults__ and not code.co_kwonlyargcount
+            and not code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS))
 
 
 def wrap_while(owner: Any, attribute: str, wrapper: Wrapper, condition: Callable[[], bool]

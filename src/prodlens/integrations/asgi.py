@@ -25,6 +25,8 @@ Environment variables::
 from __future__ import annotations
 
 import contextvars
+import functools
+import inspect
 from collections.abc import Awaitable, Callable, MutableMapping
 from types import ModuleType
 from typing import Any, Final
@@ -50,6 +52,7 @@ __all__ = [
     "ASGIScopeView",
     "ProdlensASGIMiddleware",
     "apply_late",
+    "asgi_call",
     "enter_request",
     "exit_request",
     "patch",
@@ -245,7 +248,7 @@ def enter_request(scope: ASGIScope, *, with_late: bool) -> contextvars.Token[Sco
                 token = open_scope(None, isolate_ancestors=False)
                 apply(identity)
                 return token
-        return SCOPE.set(Scope(identity, None))  # open_scope(identity), inlined
+        return SCOPE.set(Scope(identity, None, SCOPE.get()))  # open_scope(identity), inlined
     except Exception as error:
         internal_error("ASGI request start", error)
         return None
@@ -327,9 +330,36 @@ def wrap_app_call(wrapped: Any, instance: Any, args: tuple[Any, ...],
     return wrapped(*args)
 
 
+_ASGI_PARAMETERS: Final = ("self", "scope", "receive", "send")
+
+
+def asgi_call(original: Any) -> Any:
+    """A plain ``async def __call__(self, scope, receive, send)`` doing what
+    :func:`wrap_app_call` does around ``original``, for :func:`_patching.replace`; None when
+    ``original`` is not such a coroutine function (then the wrapt wrapper is used)."""
+    if not _patching.has_parameters(original, _ASGI_PARAMETERS) \
+            or not inspect.iscoroutinefunction(original):
+        return None
+
+    @functools.wraps(original)
+    async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> Any:
+        # Nested layers (FastAPI, Starlette, OpenTelemetryMiddleware) pass through on the
+        # first test: the outermost one opened the scope.
+        if (scope.__class__ is dict or isinstance(scope, MutableMapping)) \
+                and SCOPE_KEY not in scope and scope.get("type") in _HTTP_TYPES:
+            token = enter_request(scope, with_late=False)
+            try:
+                return await original(self, scope, receive, send)
+            finally:
+                exit_request(scope, token)
+        return await original(self, scope, receive, send)
+
+    return __call__
+
+
 def patch(module: ModuleType) -> None:
     """Patch ``OpenTelemetryMiddleware.__call__`` so a prodlens scope opens just outside the
     server span of any ASGI application it traces (idempotent)."""
     middleware = getattr(module, "OpenTelemetryMiddleware", None)
     if middleware is not None and "__call__" in vars(middleware):
-        _patching.wrap(middleware, "__call__", wrap_app_call)
+        _patching.replace(middleware, "__call__", asgi_call, wrap_app_call)

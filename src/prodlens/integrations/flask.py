@@ -18,6 +18,7 @@ resolved and tag the open server span. Spans that ended before the view (e.g. qu
 
 from __future__ import annotations
 
+import functools
 import sys
 from types import ModuleType
 from typing import Any, Final
@@ -73,6 +74,25 @@ def _call(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, 
         exit_request(environ, token)
 
 
+def _flask_call(original: Any) -> Any:
+    """A plain ``__call__(self, environ, start_response)`` doing what :func:`_call` does
+    around ``original`` (see :func:`_patching.replace`); None for an unexpected original."""
+    if not _patching.has_parameters(original, ("self", "environ", "start_response")):
+        return None
+
+    @functools.wraps(original)
+    def __call__(self: Any, environ: Any, start_response: Any) -> Any:
+        if environ.__class__ is not dict and not isinstance(environ, dict):
+            return original(self, environ, start_response)
+        token = enter_request(environ, with_remote_user=False)
+        try:
+            return original(self, environ, start_response)
+        finally:
+            exit_request(environ, token)
+
+    return __call__
+
+
 def _dispatch(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     try:
         runtime = _runtime._current
@@ -97,6 +117,6 @@ def patch(module: ModuleType) -> None:
     import flask.app
 
     flask_class = flask.app.Flask
-    _patching.wrap(flask_class, "__call__", _call)
+    _patching.replace(flask_class, "__call__", _flask_call, _call)
     # Only while user/path sources are configured: otherwise a request pays for no wrapper.
     _patching.wrap_while(flask_class, "dispatch_request", _dispatch, late_sources_configured)

@@ -34,7 +34,7 @@ from prodlens import _runtime
 from prodlens._safety import internal_error
 from prodlens.integrations import _patching
 from prodlens.integrations._sources import late_sources_configured, source_plan
-from prodlens.integrations.asgi import apply_late, wrap_app_call
+from prodlens.integrations.asgi import apply_late, asgi_call, wrap_app_call
 
 __all__ = ["PATCHES", "TARGET", "patch", "patch_fastapi"]
 
@@ -57,10 +57,10 @@ def _handle(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str
     return wrapped(*args, **kwargs)
 
 
-def _wrap_own(owner: Any, attribute: str, wrapper: _patching.Wrapper) -> None:
-    """Wrap ``owner.attribute`` only where ``owner`` itself defines it (not inherited)."""
-    if owner is not None and attribute in vars(owner):
-        _patching.wrap(owner, attribute, wrapper)
+def _wrap_call(owner: Any) -> None:
+    """Patch ``owner.__call__`` only where ``owner`` itself defines it (not inherited)."""
+    if owner is not None and "__call__" in vars(owner):
+        _patching.replace(owner, "__call__", asgi_call, wrap_app_call)
 
 
 def _wrap_handle(owner: Any) -> None:
@@ -75,7 +75,7 @@ def patch(module: ModuleType) -> None:
     import starlette.applications
     import starlette.routing
 
-    _wrap_own(starlette.applications.Starlette, "__call__", wrap_app_call)
+    _wrap_call(starlette.applications.Starlette)
     _wrap_handle(starlette.routing.Route)
     _wrap_handle(starlette.routing.WebSocketRoute)
     fastapi = sys.modules.get("fastapi")
@@ -91,7 +91,7 @@ def patch_fastapi(module: ModuleType) -> None:
     import fastapi.applications
     import fastapi.routing
 
-    _wrap_own(fastapi.applications.FastAPI, "__call__", wrap_app_call)
+    _wrap_call(fastapi.applications.FastAPI)
     _wrap_handle(fastapi.routing.APIRoute)
     _wrap_handle(getattr(fastapi.routing, "APIWebSocketRoute", None))
 

@@ -134,7 +134,7 @@ def enter_request(
                 # Read once; OpenTelemetry's propagator must not pass it on to every destination.
                 environ["HTTP_BAGGAGE"] = strip_prodlens_members(header)
         environ[ENVIRON_KEY] = True
-        return SCOPE.set(Scope(identity, None))  # open_scope(identity), inlined
+        return SCOPE.set(Scope(identity, None, SCOPE.get()))  # open_scope(identity), inlined
     except Exception as error:
         internal_error("WSGI request start", error)
         return None

@@ -43,9 +43,10 @@ from opentelemetry.trace import SpanKind
 from opentelemetry.util.types import AttributeValue
 
 from prodlens import _runtime, attributes
-from prodlens._open_spans import MAX_DEPTH, OPEN_SPANS
+from prodlens._open_spans import MAX_DEPTH, open_span_finder
 from prodlens._safety import internal_error, log_once
 from prodlens._stamp import attribute_dict, stamp, stamp_starting
+from prodlens.identity import SCOPE
 
 __all__ = ["RepeatTracker", "StormSpanProcessor", "StormTagger"]
 
@@ -292,13 +293,14 @@ class StormTagger:
 
     def _tag_pending_root(self, span_id: int) -> None:
         pending = self._pending
+        find = open_span_finder(SCOPE.get())
         for _ in range(MAX_DEPTH):
             root = pending.get(span_id)
             if root is not None:
                 if root.end_time is None and self._try_tag(root, attribute_dict(root)):
                     pending.pop(span_id, None)
                 return
-            ancestor = OPEN_SPANS.get(span_id)
+            ancestor = find(span_id)
             if ancestor is None:
                 return
             parent = ancestor.parent

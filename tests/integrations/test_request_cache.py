@@ -110,6 +110,18 @@ def test_asgi_odd_header_lists_resolve_as_before() -> None:
     assert asgi_identity([(b"x-customer-id", b"caf\xc3\xa9")]) == {"enduser.id": "café"}
 
 
+def test_asgi_repeated_baggage_headers_are_joined_as_without_the_cache() -> None:
+    settings(PRODLENS_CUSTOMER_FROM="header:x-customer-id,baggage",
+             PRODLENS_COHORT_PLAN_FROM="baggage")
+    for _ in range(2):  # uncached, then a cache hit
+        assert asgi_identity([(b"baggage", b"other=1"),
+                              (b"baggage", b"prodlens.customer=acme")]) == {"enduser.id": "acme"}
+        # Every wanted header is found before the second baggage header: it is still read.
+        assert asgi_identity([(b"x-customer-id", b"acme"), (b"baggage", b"a=1"),
+                              (b"baggage", b"prodlens.cohort.plan=pro")]) == {
+            "enduser.id": "acme", "prodlens.cohort.plan": "pro"}
+
+
 def test_the_cache_is_bounded() -> None:
     s = settings(**HEADERS_ENV, PRODLENS_MAX_COHORT_VALUES="100000")
     plan = plan_of(s)

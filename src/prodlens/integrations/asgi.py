@@ -182,14 +182,18 @@ def _strip_inbound_baggage(scope: ASGIScope) -> None:
         scope["headers"] = rewritten
 
 
-def _early_key(scope: ASGIScope, names: dict[bytes, int], count: int) -> tuple[object, ...] | None:
+def _early_key(scope: ASGIScope, names: dict[bytes, int], count: int,
+               repeats: int) -> tuple[object, ...] | None:
     """The raw values (bytes, or None when absent) of the headers ``names`` in one pass over
-    ``scope["headers"]``, in key order; None when they cannot key the cache (a wanted header
-    repeated, a value that is not bytes, a malformed header list): then resolve in full."""
+    ``scope["headers"]``, in key order: the first value of each, as the full resolution reads
+    them; the pass stops once all are found. None when they cannot key the cache (a value that
+    is not bytes, a malformed header list, or a repeat of the header at position ``repeats``,
+    ``baggage``, whose values are joined): then resolve in full."""
     values: list[object] = [None] * count
     headers = scope.get("headers")
     if count and headers:
         get = names.get
+        missing = count
         try:
             for name, value in headers:
                 index = get(name)
@@ -199,9 +203,15 @@ def _early_key(scope: ASGIScope, names: dict[bytes, int], count: int) -> tuple[o
                     index = get(name.lower())
                     if index is None:
                         continue
-                if value.__class__ is not bytes or values[index] is not None:
+                if value.__class__ is not bytes:
                     return None
-                values[index] = value
+                if values[index] is None:
+                    values[index] = value
+                    missing -= 1
+                    if not missing and repeats < 0:
+                        break  # every header is found, and a repeat would change nothing
+                elif index == repeats:
+                    return None
         except (TypeError, ValueError, AttributeError):
             return None
     return tuple(values)
@@ -220,14 +230,15 @@ def enter_request(scope: ASGIScope, *, with_late: bool) -> contextvars.Token[Sco
         settings = runtime.settings
         plan = source_plan(settings)
         headers = plan.headers
-        key = None if headers is None else _early_key(scope, headers.asgi_names,
-                                                      len(headers.names))
+        key = None
+        if headers is not None:
+            baggage = headers.asgi_names.get(b"baggage", -1)
+            key = _early_key(scope, headers.asgi_names, len(headers.names), baggage)
         if headers is not None and key is not None:
             # Header-only sources: the identity is cached by the raw header values.
             identity = headers.resolve(key, ASGIScopeView, scope)
-            if plan.baggage:
-                index = headers.asgi_names.get(b"baggage")
-                inbound = None if index is None else key[index]
+            if plan.baggage and baggage >= 0:
+                inbound = key[baggage]
                 if isinstance(inbound, bytes) and b"prodlens." in inbound:
                     _strip_inbound_baggage(scope)
         else:
@@ -259,7 +270,10 @@ def exit_request(scope: ASGIScope, token: contextvars.Token[Scope | None] | None
     if token is None:
         return
     try:
-        close_scope(token)
+        try:
+            SCOPE.reset(token)  # close_scope(token), inlined
+        except ValueError:
+            close_scope(token)
         scope.pop(SCOPE_KEY, None)
         scope.pop(LATE_KEY, None)
     except Exception as error:

@@ -255,8 +255,9 @@ PARAMETERS: Final[tuple[Parameter, ...]] = (
     Parameter("max_cohorts", "PRODLENS_MAX_COHORTS", _int_parser(1), "32", "int",
               "Cohort names per identity and per process; further names are dropped.", "16"),
     Parameter("max_open_spans", "PRODLENS_MAX_OPEN_SPANS", _int_parser(16), "20000", "int",
-              "Open spans remembered so late `identify()` can tag their ancestors; the oldest "
-              "are forgotten past it (no leak when an app never ends a span).", "50000"),
+              "Open spans remembered so late `identify()` can tag their ancestors, per scope "
+              "(a request) and outside scopes; the oldest are forgotten past it (no leak when "
+              "an app never ends a span).", "50000"),
     Parameter("customer_from", "PRODLENS_CUSTOMER_FROM", parse_sources, "user", "sources",
               "Ordered sources of the customer id; the first that yields a value wins. "
               + SOURCE_GRAMMAR + ".", "jwt:sub,header:x-customer-id"),

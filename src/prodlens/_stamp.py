@@ -13,9 +13,10 @@ This relies on how the SDK stores span attributes (a ``BoundedAttributes`` with 
 :func:`fast_path_works`, which stamps two probe spans both ways and compares the results
 (attributes, their order, dropped counts). If the SDK stores attributes differently, the check
 fails and every stamp goes through ``set_attributes``. The direct write is also skipped, per
-span, whenever ``set_attributes`` would do more than store the values: a key already set (the
-SDK moves it to the end), a span attribute-count limit that would evict, a value-length limit
-that would truncate, or a span that has ended (the SDK logs a warning and writes nothing).
+span, whenever ``set_attributes`` would do more than store the values: a span attribute-count
+limit that would evict, a value-length limit that would truncate, or a span that has ended (the
+SDK logs a warning and writes nothing). A key already set is rewritten the SDK's way (moved
+after the others, in the order written).
 """
 
 from __future__ import annotations
@@ -97,11 +98,16 @@ def _merge(span: Span, attributes: Mapping[str, AttributeValue], longest: int) -
     values = bounded._dict
     limit = bounded.maxlen
     length_limit = bounded.max_value_len
-    if ((limit is None or len(values) + len(attributes) <= limit)
+    before = len(values)
+    if ((limit is None or before + len(attributes) <= limit)
             and (length_limit is None or longest <= length_limit)
-            and not bounded._immutable
-            and values.keys().isdisjoint(attributes)):
+            and not bounded._immutable):
         values.update(attributes)
+        if len(values) != before + len(attributes):
+            # A key was already set: set_attributes re-inserts every key it writes, in order,
+            # after the others. Rare; checking for it up front would cost every span.
+            for key in attributes:
+                values[key] = values.pop(key)
         return True
     return False
 

@@ -232,7 +232,7 @@ class HeaderPlan:
     request of a known customer costs one tuple and one dict look-up. Built once per Settings.
     """
 
-    __slots__ = ("_cache", "asgi_names", "environ_keys", "names", "settings")
+    __slots__ = ("asgi_baggage", "asgi_names", "cache", "environ_keys", "names", "settings")
 
     def __init__(self, settings: Settings, names: tuple[str, ...]) -> None:
         self.settings = settings
@@ -242,14 +242,17 @@ class HeaderPlan:
         self.environ_keys = tuple(environ_key(name) for name in names)
         #: ASGI header name (lower-case bytes) -> position in the key.
         self.asgi_names = {name.encode("latin-1"): i for i, name in enumerate(names)}
-        self._cache: dict[tuple[object, ...], Identity | None] = {}
+        #: Position of ``baggage`` in the key (its repeated values are joined), or -1.
+        self.asgi_baggage = self.asgi_names.get(b"baggage", -1)
+        #: Raw values -> identity. Read it directly for a hit; only :meth:`resolve` writes it.
+        self.cache: dict[tuple[object, ...], Identity | None] = {}
 
     def resolve(self, raw: tuple[object, ...], view: Callable[[_R], RequestView],
                 request: _R) -> Identity | None:
         """The early identity of a request whose headers ``names`` have the values ``raw``
         (None when absent); ``view(request)`` is built and read only when ``raw`` was not seen
         before. Never raises."""
-        cache = self._cache
+        cache = self.cache
         try:
             hit = cache.get(raw, _UNCACHEABLE)
         except TypeError:  # an unhashable header value (not str/bytes): no caching
@@ -270,7 +273,7 @@ class HeaderPlan:
         return identity
 
     def __len__(self) -> int:
-        return len(self._cache)
+        return len(self.cache)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,14 +29,15 @@ import functools
 import inspect
 from collections.abc import Awaitable, Callable, MutableMapping
 from types import ModuleType
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from opentelemetry import trace
+from opentelemetry.context import get_current as _otel_context
 from opentelemetry.sdk.trace import Span
 
 from prodlens import _runtime
 from prodlens._safety import internal_error
-from prodlens.identity import SCOPE, Scope, apply, close_scope, merge, open_scope
+from prodlens.identity import SCOPE, Identity, Scope, apply, close_scope, merge, open_scope
 from prodlens.integrations import _patching
 from prodlens.integrations._sources import (
     cookie_value,
@@ -72,6 +73,8 @@ SCOPE_KEY: Final = "prodlens.scope"
 #: Set once the late sources (path, user) were resolved for this request.
 LATE_KEY: Final = "prodlens.late"
 _HTTP_TYPES: Final = frozenset({"http", "websocket"})
+#: A cache miss (None is a cached "no identity").
+_MISS: Final = object()
 #: Header values are read on at most this many bytes (every reader bounds itself further).
 _MAX_HEADER_BYTES: Final = 32 * 1024
 _MAX_QUERY_BYTES: Final = 16 * 1024
@@ -224,6 +227,15 @@ def enter_request(scope: ASGIScope, *, with_late: bool) -> contextvars.Token[Sco
     try:
         if scope.get("type") not in _HTTP_TYPES or scope.get(SCOPE_KEY):
             return None
+    except Exception as error:
+        internal_error("ASGI request start", error)
+        return None
+    return _enter(scope, with_late)
+
+
+def _enter(scope: ASGIScope, with_late: bool) -> contextvars.Token[Scope | None] | None:
+    """:func:`enter_request` for an HTTP or websocket scope with no prodlens scope open."""
+    try:
         runtime = _runtime._current
         if not runtime.on:
             return None
@@ -232,11 +244,14 @@ def enter_request(scope: ASGIScope, *, with_late: bool) -> contextvars.Token[Sco
         headers = plan.headers
         key = None
         if headers is not None:
-            baggage = headers.asgi_names.get(b"baggage", -1)
+            baggage = headers.asgi_baggage
             key = _early_key(scope, headers.asgi_names, len(headers.names), baggage)
         if headers is not None and key is not None:
-            # Header-only sources: the identity is cached by the raw header values.
-            identity = headers.resolve(key, ASGIScopeView, scope)
+            # Header-only sources: the identity is cached by the raw header values (a tuple of
+            # bytes and None: hashable).
+            hit = headers.cache.get(key, _MISS)
+            identity = (headers.resolve(key, ASGIScopeView, scope) if hit is _MISS
+                        else cast("Identity | None", hit))
             if plan.baggage and baggage >= 0:
                 inbound = key[baggage]
                 if isinstance(inbound, bytes) and b"prodlens." in inbound:
@@ -250,7 +265,7 @@ def enter_request(scope: ASGIScope, *, with_late: bool) -> contextvars.Token[Sco
             if late is not None:
                 identity = merge(identity, late)
         scope[SCOPE_KEY] = True
-        if identity is not None:
+        if identity is not None and _otel_context():  # an empty context holds no span
             span = trace.get_current_span()
             if (isinstance(span, Span) and span.is_recording()
                     and span.kind is trace.SpanKind.SERVER):
@@ -361,7 +376,7 @@ def asgi_call(original: Any) -> Any:
         # first test: the outermost one opened the scope.
         if (scope.__class__ is dict or isinstance(scope, MutableMapping)) \
                 and SCOPE_KEY not in scope and scope.get("type") in _HTTP_TYPES:
-            token = enter_request(scope, with_late=False)
+            token = _enter(scope, False)
             try:
                 return await original(self, scope, receive, send)
             finally:

@@ -59,3 +59,27 @@ def test_overrides_int_values_and_long_values(tmp_path: Path) -> None:
     affected = {c.customer: dict(c.cohorts) for c in affected_customers([tmp_path]).customers}
     assert affected == {**{f"cust-a{n}": {"prodlens.cohort.tier": ("3",)} for n in range(4)},
                         "cust-c": {"prodlens.cohort.tier": ("3",)}}
+
+
+def test_an_id_like_attribute_dropped_midway_counts_every_unit_once(tmp_path: Path) -> None:
+    # url.path shows its 51st value part-way through: it is projected out of the rows counted
+    # so far and of every unit after, and units whose items come in the same order keep
+    # landing in the row they share (the engine remembers that row until a drop merges rows).
+    spans = []
+    for number in range(400):
+        tier = "a" if number % 2 else "b"
+        path = f"/p/{number}" if number >= 200 else "/p"
+        spans.append(root(number, [attribute("prodlens.cohort.tier", tier),
+                                   attribute("url.path", path),
+                                   attribute("enduser.id", f"cust-{number % 7}")],
+                          error=tier == "a" and number % 3 == 0))
+    resource = {"attributes": [attribute("service.name", "svc")]}
+    line = {"resourceSpans": [{"resource": resource,
+                               "scopeSpans": [{"scope": {"name": "t"}, "spans": spans}]}]}
+    (tmp_path / "spans.jsonl").write_text(json.dumps(line) + "\n")
+    report = slice_failures([tmp_path], SliceOptions(min_units=10, max_open_groups=100))
+    assert (report.units, report.failures) == (400, 67)
+    assert report.skipped_attributes == ("url.path",)
+    assert [(dict(f.subgroup), f.units, f.failures, f.customers) for f in report.findings] == [
+        ({"prodlens.cohort.tier": "a"}, 200, 67, 7),
+    ]

@@ -79,10 +79,10 @@ class EmbeddedAggregates(SignatureTable):
 
     # Slots: the hot paths read a dozen attributes per root span, and a slot is the quickest
     # read (an instance dict with more than 30 keys stops sharing them, and every read slows).
-    __slots__ = ("_attributes", "_cohort_prefix", "_customer_attributes", "_detail", "_eager",
-                 "_fresh", "_groups", "_missing", "_requests", "_resources", "_roles", "_since",
-                 "_sorted", "_span_attributes", "_text", "_track", "_until", "_where",
-                 "orphan_groups", "pseudonymised")
+    __slots__ = ("_attributes", "_cohort_prefix", "_customer_attributes", "_decode_list",
+                 "_detail", "_eager", "_fresh", "_groups", "_missing", "_requests", "_resources",
+                 "_roles", "_rows_by_order", "_since", "_sorted", "_span_attributes", "_text",
+                 "_track", "_until", "_where", "orphan_groups", "pseudonymised")
 
     def __init__(self, options: SliceOptions, *, track_customers: bool = False) -> None:
         super().__init__(options, _TABLE_BUDGET)
@@ -93,6 +93,7 @@ class EmbeddedAggregates(SignatureTable):
         self._attributes = otlp.Attributes()
         self._span_attributes = self._attributes.span
         self._text = otlp.attribute_text
+        self._decode_list = self._attributes.decode_list
         # absent traceId (not null): msgspec fills in this sentinel, and a unit needs the id
         self._missing: object = otlp.MISSING
         # attribute -> its value -> item id table if it is a candidate, else _IGNORED/_WANTED
@@ -105,6 +106,8 @@ class EmbeddedAggregates(SignatureTable):
         self._resources: dict[bytes, _Resource] = {}
         # a unit's items in attribute order -> its signature (sorted); see _record
         self._sorted: dict[tuple[int, ...], Signature] = {}
+        # ... and -> (its signature, its row) while no attribute is dropped (rows are merged)
+        self._rows_by_order: dict[tuple[int, ...], tuple[Signature, list[Any]]] = {}
         # slice only (affected lists cohort values of every attribute): values first seen on a
         # unit's own span attributes, per attribute; past max_values it is id-like for sure
         self._eager = not track_customers
@@ -256,7 +259,11 @@ class EmbeddedAggregates(SignatureTable):
             return None
         resource_attributes, resource_items, _ = resource
         name = str(span.name)
-        span_attributes = self._span_attributes(span.attributes)
+        raw = span.attributes
+        try:  # the typed decoder directly; Attributes.span reads other shapes the loose way
+            span_attributes = (self._decode_list(raw) or ()) if raw else ()
+        except (ValueError, RecursionError):
+            span_attributes = self._span_attributes(raw)
         if self._where:
             merged = {**resource_attributes, **self._attributes.texts(span_attributes),
                       SPAN_NAME_ATTRIBUTE: name}
@@ -328,22 +335,30 @@ class EmbeddedAggregates(SignatureTable):
         # up by the items in that order, so it is sorted once per order, and units with equal
         # signatures share one tuple (table lookups then match it by identity).
         in_order = tuple(items.values())
-        signature = self._sorted.get(in_order)
-        if signature is None:
-            if len(self._sorted) >= _SIGNATURE_CACHE:
-                self._sorted.clear()
-            signature = self._sorted[in_order] = tuple(sorted(in_order))
-        if epoch != self._epoch:  # this very unit had an attribute dropped (_count_fresh)
-            signature = self._project(signature)
-            epoch = self._epoch
         # The unit is counted now, while its signature is fresh in the CPU cache; whether it
         # failed is settled when its group closes (_add_unit). A new signature gets a row that
         # stays provisional until one of its units closes, so the table grows and is shrunk
         # exactly as if every unit were counted at its group's close (see _open_row).
-        table = self._table
-        row = table.get(signature)
-        if row is None:
-            row = table[signature] = [0, 0, None, False]
+        known = self._rows_by_order.get(in_order)
+        if known is not None and epoch == self._epoch:
+            signature, row = known
+        else:
+            cached = self._sorted.get(in_order)
+            if cached is None:
+                if len(self._sorted) >= _SIGNATURE_CACHE:
+                    self._sorted.clear()
+                cached = self._sorted[in_order] = tuple(sorted(in_order))
+            signature = cached
+            dropped = epoch != self._epoch
+            if dropped:  # this very unit had an attribute dropped (_count_fresh)
+                signature = self._project(signature)
+                epoch = self._epoch
+            table = self._table
+            row = table.get(signature) or table.setdefault(signature, [0, 0, None, False])
+            if not dropped:  # (its items in order still hold the dropped attribute's item)
+                if len(self._rows_by_order) >= _SIGNATURE_CACHE:
+                    self._rows_by_order.clear()
+                self._rows_by_order[in_order] = (signature, row)
         self.units += 1
         row[0] += 1
         if pseudo:
@@ -356,7 +371,12 @@ class EmbeddedAggregates(SignatureTable):
     def _flush_oldest(self, count: int) -> None:
         groups = self._groups
         for key in list(itertools.islice(groups, count)):
-            self._close_group(groups.pop(key))
+            group = groups.pop(key)
+            if len(group) == 2 and not group[0]:  # the usual group: one root, no ERROR
+                record = group[1]
+                if not record[1] and record[2] == self._epoch and record[8][3]:
+                    continue  # as _close_group would: counted in a row that has closed
+            self._close_group(group)
 
     def finish(self) -> None:
         """Finalise every open group (call at the end of input)."""
@@ -414,6 +434,7 @@ class EmbeddedAggregates(SignatureTable):
         for key in too_many:
             self._roles[key] = self._non_candidate(key)
         self._resources.clear()
+        self._rows_by_order.clear()
         super()._drop(too_many)
 
     def affected(self) -> list[AffectedCustomer]:

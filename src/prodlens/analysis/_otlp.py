@@ -191,6 +191,9 @@ class Attributes:
 
     def __init__(self) -> None:
         self._decode = msgspec.json.Decoder(list[KeyValue] | None).decode
+        #: The typed decoding alone, for the engine's hot path: raises ``ValueError`` (or
+        #: ``RecursionError``) on attributes that :meth:`span` reads the loose way.
+        self.decode_list = self._decode
 
     def span(self, raw: msgspec.Raw) -> Sequence[KeyValue | LooseKeyValue]:
         """A span's attributes, each with ``.key`` and ``.value`` (see :func:`attribute_text`).

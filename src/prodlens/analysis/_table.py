@@ -20,13 +20,15 @@ from prodlens.analysis._model import SliceOptions
 Item = tuple[str, str]
 #: A unit's candidate items as sorted item ids (see ``SignatureTable._items``).
 Signature = tuple[int, ...]
+#: Projections remembered per epoch at most (the table's budget is of the same order).
+_PROJECTION_CACHE = 1 << 17
 
 
 class SignatureTable:
     """Rows of ``[units, failures, customers among failed units, a unit of it has closed]``."""
 
     __slots__ = ("_budget", "_dropped_keys", "_epoch", "_failed_traces", "_index", "_item_keys",
-                 "_items", "_rows", "_table", "failures", "options", "units")
+                 "_items", "_projections", "_rows", "_table", "failures", "options", "units")
 
     def __init__(self, options: SliceOptions, budget: int) -> None:
         self.options = options
@@ -40,6 +42,8 @@ class SignatureTable:
         self._rows = 0  # rows a unit has closed into: what the budget counts (see _open_row)
         self._budget = budget
         self._dropped_keys: set[str] = set()
+        # signature -> its projection without the dropped keys, for this epoch (see _project)
+        self._projections: dict[Signature, Signature] = {}
         self._epoch = 0
         self._index: dict[int, list[list[Any]]] | None = None
 
@@ -67,9 +71,18 @@ class SignatureTable:
         return signature, row
 
     def _project(self, signature: Signature) -> Signature:
-        keys = self._item_keys
-        dropped = self._dropped_keys
-        return tuple(item for item in signature if keys[item] not in dropped)
+        """``signature`` without the dropped keys' items. Remembered until the next drop: the
+        units counted before a drop each project their signature when they close, and most
+        share a few signatures (which _drop has projected already)."""
+        projected = self._projections.get(signature)
+        if projected is None:
+            keys = self._item_keys
+            dropped = self._dropped_keys
+            projected = tuple(item for item in signature if keys[item] not in dropped)
+            if len(self._projections) >= _PROJECTION_CACHE:
+                self._projections.clear()
+            self._projections[signature] = projected
+        return projected
 
     def _shrink(self) -> None:
         """Project id-like attributes out of the table when it outgrows its budget."""
@@ -83,6 +96,7 @@ class SignatureTable:
     def _drop(self, too_many: set[str]) -> None:
         """Project id-like attributes out of the table and of every unit still to come."""
         self._dropped_keys |= too_many
+        self._projections = {}
         self._epoch += 1
         table: dict[Signature, list[Any]] = {}
         for signature, row in self._table.items():

@@ -201,7 +201,9 @@ class Scope:
         self.compact_at = COMPACT_AT
 
     def compact(self, limit: int) -> None:
-        """Forget ended spans, and the oldest open ones past ``limit``."""
+        """Forget ended spans, and the oldest open ones past ``limit``. A span another thread
+        appends while the list is being rebuilt may be left out: it then only misses late tags
+        as an ancestor, as a span past ``limit`` does."""
         self.spans = compact_spans(self.spans, limit)
         self.compact_at = max(COMPACT_AT, 2 * len(self.spans))
 

@@ -172,6 +172,35 @@ def test_late_identify_in_a_nested_scope_reaches_ancestors_of_the_outer_scope(tr
     assert traced.by_name() == {"server": ACME, "task": ACME}
 
 
+def test_late_identify_from_worker_threads_reaches_the_request_span(traced):
+    import contextvars
+    from concurrent.futures import ThreadPoolExecutor
+
+    from prodlens.identity import SCOPE, close_scope, open_scope
+
+    tracer = traced.tracer
+    token = open_scope(None, isolate_ancestors=False)
+    with tracer.start_as_current_span("server", kind=SpanKind.SERVER):
+
+        def work(i: int) -> None:  # many threads append to the one scope's span list at once
+            for j in range(200):
+                with tracer.start_as_current_span(f"w{i}-{j}"):
+                    pass
+            if i == 0:
+                with tracer.start_as_current_span("view"):
+                    prodlens.identify("acme", plan="pro")
+
+        with ThreadPoolExecutor(8) as pool:  # each task runs in a copy of the request's context
+            for future in [pool.submit(contextvars.copy_context().run, work, i)
+                           for i in range(8)]:
+                future.result()
+        scope = SCOPE.get()
+        assert scope is not None and len(scope.spans) < 2 * 64 + 8  # compacted as it grew
+    close_scope(token)
+    names = traced.by_name()
+    assert names["server"] == ACME and names["view"] == ACME
+
+
 def test_ended_spans_are_forgotten(traced):
     with traced.tracer.start_as_current_span("a"):
         assert open_span_count() == 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import threading
 from collections.abc import Callable
-from types import ModuleType
+from types import FunctionType, ModuleType
 from typing import Any
 
 import wrapt
@@ -73,7 +73,7 @@ def replace(owner: Any, attribute: str, make: Callable[[Any], Any], wrapper: Wra
 def has_parameters(original: Any, names: tuple[str, ...]) -> bool:
     """True if ``original`` is a plain Python function whose parameters are exactly ``names``,
     positional-or-keyword, without defaults (what a :func:`replace` function may mirror)."""
-    if original.__class__ is not has_parameters.__class__:
+    if original.__class__ is not FunctionType:  # not a builtin, a partial or a wrapt proxy
         return False
     code = original.__code__
     return (code.co_argcount == len(names) and code.co_varnames[:len(names)] == names

@@ -119,6 +119,35 @@ def test_an_unexpected_entry_point_signature_falls_back_to_a_wrapt_wrapper() -> 
     assert vars(Odd)["__call__"] is original
 
 
+def test_an_entry_point_another_library_wrapped_with_wrapt_is_wrapped_not_replaced() -> None:
+    import asyncio
+
+    import wrapt
+
+    from prodlens.integrations.asgi import asgi_call, wrap_app_call
+
+    class App:
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> Any:
+            return scope["n"]
+
+    seen: list[Any] = []
+
+    def theirs(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        seen.append(instance)
+        return wrapped(*args, **kwargs)
+
+    wrapt.wrap_function_wrapper(App, "__call__", theirs)
+    assert _patching.has_parameters(vars(App)["__call__"], ("self", "scope", "receive",
+                                                            "send")) is False
+    _patching.replace(App, "__call__", asgi_call, wrap_app_call)
+    try:
+        app = App()
+        assert asyncio.run(app({"n": 7}, None, None)) == 7
+        assert seen == [app]  # their wrapper still sees its instance
+    finally:
+        _patching.unpatch_all()
+
+
 def test_late_source_hooks_are_patched_only_while_late_sources_are_configured(
         prodlens_setup: Any) -> None:
     import fastapi.routing

@@ -73,7 +73,8 @@ def replace(owner: Any, attribute: str, make: Callable[[Any], Any], wrapper: Wra
 def has_parameters(original: Any, names: tuple[str, ...]) -> bool:
     """True if ``original`` is a plain Python function whose parameters are exactly ``names``,
     positional-or-keyword, without defaults (what a :func:`replace` function may mirror)."""
-    if original.__class__ is not FunctionType:  # not a builtin, a partial or a wrapt proxy
+    if type(original) is not FunctionType:  # not a builtin, a partial, or a wrapt proxy (whose
+        # __class__ says "function")
         return False
     code = original.__code__
     return (code.co_argcount == len(names) and code.co_varnames[:len(names)] == names

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Final, Protocol
 
-from opentelemetry.sdk.trace import ReadableSpan, Span
+from opentelemetry.sdk.trace import Span
 from opentelemetry.trace import INVALID_SPAN_ID
 
 from prodlens._safety import log_once
@@ -89,32 +89,17 @@ class OpenSpans:
     """Open spans by span id; bounded, thread-safe for CPython's atomic dict operations."""
 
     def __init__(self) -> None:
-        #: span id -> open span. The processor writes it directly on the hot path.
+        #: span id -> open span. The processor adds and removes entries directly (hot path).
         self.table: dict[int, Span] = {}
-        self._spans = self.table
         self._lock = threading.Lock()
 
-    def add(self, span: Span, limit: int) -> None:
-        spans = self._spans
-        spans[span.context.span_id] = span
-        if len(spans) > limit:
-            self.evict(limit)
-
-    def discard(self, span: ReadableSpan) -> None:
-        context = span.context
-        if context is not None:
-            self._spans.pop(context.span_id, None)
-
-    def get(self, span_id: int) -> Span | None:
-        return self._spans.get(span_id)
-
     def __len__(self) -> int:
-        return len(self._spans)
+        return len(self.table)
 
     def evict(self, limit: int) -> None:
         """Forget the oldest spans once more than ``limit`` are open."""
         with self._lock:
-            spans = self._spans
+            spans = self.table
             excess = len(spans) - limit
             if excess <= 0:
                 return

@@ -39,7 +39,6 @@ from typing import Final
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
-from opentelemetry.trace import SpanKind
 from opentelemetry.util.types import AttributeValue
 
 from prodlens import _runtime, attributes
@@ -47,15 +46,11 @@ from prodlens._open_spans import MAX_DEPTH, open_span_finder
 from prodlens._safety import internal_error, log_once
 from prodlens._stamp import attribute_dict, stamp, stamp_starting
 from prodlens.identity import SCOPE
+from prodlens.signals._kinds import CONSUMER as _CONSUMER
+from prodlens.signals._kinds import SERVER as _SERVER
 
 __all__ = ["RepeatTracker", "StormSpanProcessor", "StormTagger"]
 
-#: Span kinds that count as a request (a local root of another kind is not one).
-#: Enum members as module constants: ``SpanKind.SERVER`` costs a class-attribute look-up
-#: through the enum machinery (~70 ns on CPython 3.11) on every span.
-_SERVER: Final = SpanKind.SERVER
-_CONSUMER: Final = SpanKind.CONSUMER
-REQUEST_KINDS: Final = frozenset({_SERVER, _CONSUMER})
 #: Root spans waiting for their customer or route (bounded; see StormTagger).
 MAX_PENDING: Final = 10000
 _ROUTE: Final = "http.route"
@@ -162,7 +157,6 @@ def is_request_root(span: ReadableSpan) -> bool:
     if parent is not None and not parent.is_remote:
         return False
     kind = span.kind
-    # Identity tests: ``kind in frozenset`` hashes the enum in Python (enum.__hash__).
     return kind is _SERVER or kind is _CONSUMER
 
 

@@ -106,7 +106,9 @@ class EmbeddedAggregates(SignatureTable):
         self._resources: dict[bytes, _Resource] = {}
         # a unit's items in attribute order -> its signature (sorted); see _record
         self._sorted: dict[tuple[int, ...], Signature] = {}
-        # ... and -> (its signature, its row) while no attribute is dropped (rows are merged)
+        # ... and -> (its signature, its row) while no attribute is dropped (rows are merged).
+        # Two caches, not one: the sorted signature outlives a drop, and at 20k traces, where
+        # the table's drop comes late, one cache cleared at each drop made slice 6% slower.
         self._rows_by_order: dict[tuple[int, ...], tuple[Signature, list[Any]]] = {}
         # slice only (affected lists cohort values of every attribute): values first seen on a
         # unit's own span attributes, per attribute; past max_values it is id-like for sure

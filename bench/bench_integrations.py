@@ -21,10 +21,17 @@ Every contender serves the same request (5 identity headers and a 5-entry ``bagg
 
 Every contender must put the same 5 attributes on the server span (checked before timing).
 Frameworks: Flask (``app.test_client()``-style WSGI call) and FastAPI (a direct ASGI call in
-one event loop); a framework whose prodlens integration is missing is reported as such. Run::
+one event loop); a framework whose prodlens integration is missing is reported as such.
+
+By default the global meter provider is OpenTelemetry's no-op one, so the frameworks'
+instrumentations record no HTTP metrics: traces only, the smallest baseline and the worst case
+for the ratio. With ``--otel-metrics`` a global SDK ``MeterProvider`` is installed first, as
+``opentelemetry-instrument`` does by default (``OTEL_METRICS_EXPORTER=otlp``): every contender
+then also records the instrumentation's own HTTP server metrics. Run::
 
     /work/venv/bin/python bench/bench_integrations.py                  # ~1 min
     /work/venv/bin/python bench/bench_integrations.py --rounds 120 --requests 200
+    /work/venv/bin/python bench/bench_integrations.py --rounds 120 --requests 200 --otel-metrics
 """
 
 from __future__ import annotations
@@ -298,8 +305,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--frameworks", default="flask,fastapi")
+    parser.add_argument("--otel-metrics", action="store_true",
+                        help="install a global SDK MeterProvider first (the framework's own "
+                             "HTTP metrics on, as under opentelemetry-instrument's defaults)")
     args = parser.parse_args(argv)
-    print(f"python {sys.version.split()[0]}, {args.rounds} interleaved rounds x "
+    if args.otel_metrics:
+        from opentelemetry import metrics
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+        metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
+    baseline = "global SDK MeterProvider" if args.otel_metrics else "no global MeterProvider"
+    print(f"python {sys.version.split()[0]}, {baseline}, {args.rounds} interleaved rounds x "
           f"{args.requests} requests, process CPU time")
     for framework in args.frameworks.split(","):
         factory, missing_check = FRAMEWORKS[framework]

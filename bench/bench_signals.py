@@ -15,7 +15,9 @@ Every contender serves the same request (customer and 4 cohorts in headers):
   (``CohortMetricsProcessor(duration=False)``: exact counters and storms only), to show what the
   SDK's synchronous histogram costs on its own;
 * ``sdk-histogram``: tagging + the floor of any duration histogram by these 8 attributes: one
-  SDK ``Histogram.record`` per request with a prebuilt attribute dict, nothing else.
+  SDK ``Histogram.record`` per request with a prebuilt attribute dict, nothing else;
+* ``sdk-histogram-bare``: tagging + the floor of any SDK duration histogram at all: one
+  ``Histogram.record`` per request with no attributes (a single series).
 
 With ``--otel-metrics`` a global SDK ``MeterProvider`` is installed first, as in any service that
 exports OpenTelemetry metrics: the Flask instrumentation then records its own HTTP metrics in
@@ -59,7 +61,8 @@ from prodlens.instrumentor import ProdlensInstrumentor
 from prodlens.signals.metrics import CohortMetricsProcessor
 from prodlens.signals.sampling import ProdlensSampler
 
-CONTENDERS = ("tagging", "signals", "signals+sampler", "no-duration", "sdk-histogram")
+CONTENDERS = ("tagging", "signals", "signals+sampler", "no-duration", "sdk-histogram",
+              "sdk-histogram-bare")
 #: The attribute set prodlens's metrics give this request (for the ``sdk-histogram`` floor).
 POINT = {"prodlens.cohort.plan": "pro", "prodlens.cohort.region": "eu-west",
          "prodlens.cohort.tier": "gold", "prodlens.cohort.version": "2.3",
@@ -76,15 +79,18 @@ ENV = {
 
 
 class HistogramFloor(SpanProcessor):
-    """The floor of any per-request duration histogram by these attributes: one SDK
-    ``Histogram.record`` per server span, with a prebuilt attribute dict, nothing else."""
+    """The floor of any per-request duration histogram by ``point``: one SDK
+    ``Histogram.record`` per server span, with a prebuilt attribute dict (or none), nothing
+    else."""
 
-    def __init__(self, meter_provider: MeterProvider) -> None:
+    def __init__(self, meter_provider: MeterProvider,
+                 point: dict[str, str] | None = POINT) -> None:
         self._histogram = meter_provider.get_meter("floor").create_histogram("floor", unit="s")
+        self._point = point
 
     def on_end(self, span: ReadableSpan) -> None:
         if span.parent is None and span.end_time is not None and span.start_time is not None:
-            self._histogram.record((span.end_time - span.start_time) / 1e9, POINT)
+            self._histogram.record((span.end_time - span.start_time) / 1e9, self._point)
 
 
 @dataclass
@@ -111,10 +117,11 @@ def setup(contender: str) -> Setup:
     prodlens.configure(provider, environ=ENV)
     reader: InMemoryMetricReader | None = None
     meter_provider: MeterProvider | None = None
-    if contender == "sdk-histogram":
+    if contender.startswith("sdk-histogram"):
         reader = InMemoryMetricReader()
         meter_provider = MeterProvider(metric_readers=[reader])
-        provider.add_span_processor(HistogramFloor(meter_provider))
+        provider.add_span_processor(HistogramFloor(
+            meter_provider, None if contender == "sdk-histogram-bare" else POINT))
     elif contender != "tagging":
         reader = InMemoryMetricReader()
         meter_provider = MeterProvider(metric_readers=[reader])
@@ -143,7 +150,7 @@ def check(contender: str, made: Setup) -> str | None:
     want = {"enduser.id": "acme", "prodlens.cohort.plan": "pro", "prodlens.cohort.tier": "gold"}
     if any(attrs.get(k) != v for k, v in want.items()):
         return f"server span not tagged: {attrs}"
-    if contender == "sdk-histogram":
+    if contender.startswith("sdk-histogram"):
         return None
     if contender != "tagging":
         if attrs.get("prodlens.repeat_count") is None:

@@ -152,7 +152,8 @@ class tag:
             isinstance(v, _Dynamic) for v in self._cohorts.values()
         )
         self._static: tuple[int, Identity] | None = None
-        self._tokens: list[contextvars.Token[Scope | None]] = []
+        #: One per open ``with`` (None where prodlens could not open a scope).
+        self._tokens: list[contextvars.Token[Scope | None] | None] = []
 
     # -- identity -------------------------------------------------------------------------
     def _identity(self, arguments: Mapping[str, Any] | None) -> Identity:
@@ -202,7 +203,7 @@ class tag:
     # -- context manager ------------------------------------------------------------------
     def __enter__(self) -> Identity | None:
         token = self._open(None)
-        self._tokens.append(cast(contextvars.Token[Scope | None], token))
+        self._tokens.append(token)
         return None if token is None else SCOPE.get().identity  # type: ignore[union-attr]
 
     def __exit__(

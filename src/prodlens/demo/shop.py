@@ -82,7 +82,8 @@ class PaymentGatewayTimeout(Exception):
 
 
 class Database:
-    """One sqlite3 connection per server thread, over a file in a private directory."""
+    """One sqlite3 connection per request thread, over a file in a private directory; the app
+    closes it when the request ends (:meth:`release`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -100,6 +101,14 @@ class Database:
             connection = sqlite3.connect(self.path, timeout=10)
             self._local.connection = connection
         return connection
+
+    def release(self) -> None:
+        """Close this thread's connection, if it opened one (the server runs each request on a
+        thread of its own, so an unclosed one would stay open until garbage collection)."""
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is not None:
+            self._local.connection = None
+            connection.close()
 
     def query(self, sql: str, parameters: Sequence[object] = ()) -> list[Any]:
         """Rows of one statement, through a cursor (the sqlite3 instrumentation traces those)."""
@@ -132,6 +141,10 @@ def _tax_rate(region: str, new_checkout: bool) -> Decimal:
 def create_app(database: Database) -> Flask:
     """The shop's Flask application: products, a cart per customer, and checkout."""
     app = Flask("prodlens_demo_shop")
+
+    @app.teardown_request
+    def release_connection(error: BaseException | None) -> None:
+        database.release()
 
     def customer() -> str:
         return request.headers.get("x-customer-id", "anonymous")

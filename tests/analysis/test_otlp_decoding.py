@@ -154,7 +154,10 @@ def test_malformed_lines_keep_their_reasons(tmp_path: Path) -> None:
 
 
 def test_nesting_past_the_depth_limit_is_not_json_as_before(tmp_path: Path) -> None:
-    # msgspec raises RecursionError where orjson says "depth limit exceeded": still not JSON
+    # msgspec raises RecursionError where orjson says "depth limit exceeded": still not JSON.
+    # msgspec's guard follows the interpreter's C recursion limit, which Python 3.13 raised:
+    # there it decodes line 1, whose nested attributes (a child span's) are never read, so
+    # only line 2, whose root attributes are read (by orjson, past its depth limit), is bad.
     deep = "[" * 2000 + "]" * 2000
     path = tmp_path / "deep.jsonl"
     path.write_text("\n".join([
@@ -163,8 +166,10 @@ def test_nesting_past_the_depth_limit_is_not_json_as_before(tmp_path: Path) -> N
         line([root(3)]),
     ]).replace('"DEEP"', deep) + "\n")
     report = slice_failures([path])
-    assert [example.split(": ", 1)[1][:40] for example in report.input.malformed_examples] == [
-        "not JSON (depth limit exceeded: line 1 c"] * 2
+    bad_lines = [1, 2] if sys.version_info < (3, 13) else [2]
+    assert [(example.split(": ", 1)[0].rsplit(":", 1)[1], example.split(": ", 1)[1][:40])
+            for example in report.input.malformed_examples] == [
+        (str(n), "not JSON (depth limit exceeded: line 1 c") for n in bad_lines]
     assert report.units == 1
 
 

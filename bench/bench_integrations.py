@@ -247,6 +247,26 @@ def fastapi_setup(contender: str) -> Setup:
 
 # --------------------------------------------------------------------------- harness
 
+
+def add_otel_metrics_option(parser: argparse.ArgumentParser) -> None:
+    """``--otel-metrics``, shared with bench_signals.py."""
+    parser.add_argument("--otel-metrics", action="store_true",
+                        help="install a global SDK MeterProvider first (the framework's own "
+                             "HTTP metrics on, as under opentelemetry-instrument's defaults)")
+
+
+def apply_otel_metrics_option(args: argparse.Namespace) -> str:
+    """Install the global SDK ``MeterProvider`` if ``--otel-metrics`` asks for it; the
+    baseline's name, for the report."""
+    if not args.otel_metrics:
+        return "no global MeterProvider"
+    from opentelemetry import metrics
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
+    return "global SDK MeterProvider"
+
 FRAMEWORKS: dict[str, tuple[Callable[[str], Setup], Callable[[], str | None]]] = {
     "flask": (flask_setup, lambda: None),
     "fastapi": (fastapi_setup, fastapi_available),
@@ -305,17 +325,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--frameworks", default="flask,fastapi")
-    parser.add_argument("--otel-metrics", action="store_true",
-                        help="install a global SDK MeterProvider first (the framework's own "
-                             "HTTP metrics on, as under opentelemetry-instrument's defaults)")
+    add_otel_metrics_option(parser)
     args = parser.parse_args(argv)
-    if args.otel_metrics:
-        from opentelemetry import metrics
-        from opentelemetry.sdk.metrics import MeterProvider
-        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-
-        metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
-    baseline = "global SDK MeterProvider" if args.otel_metrics else "no global MeterProvider"
+    baseline = apply_otel_metrics_option(args)
     print(f"python {sys.version.split()[0]}, {baseline}, {args.rounds} interleaved rounds x "
           f"{args.requests} requests, process CPU time")
     for framework in args.frameworks.split(","):

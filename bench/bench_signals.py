@@ -49,7 +49,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import flask
-from bench_integrations import Keep, wsgi_runner  # the same harness (this directory is on sys.path)
+from bench_integrations import (  # the same harness (this directory is on sys.path)
+    Keep,
+    add_otel_metrics_option,
+    apply_otel_metrics_option,
+    wsgi_runner,
+)
 from opentelemetry.instrumentation.flask import FlaskInstrumentor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -170,13 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--requests", type=int, default=500)
-    parser.add_argument("--otel-metrics", action="store_true",
-                        help="install a global SDK MeterProvider first (Flask's own metrics on)")
+    add_otel_metrics_option(parser)
     args = parser.parse_args(argv)
-    if args.otel_metrics:
-        from opentelemetry import metrics
-
-        metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
+    baseline = apply_otel_metrics_option(args)
     ProdlensInstrumentor().instrument(environ=ENV)
     setups = {c: setup(c) for c in CONTENDERS}
     problems = {c: check(c, s) for c, s in setups.items()}
@@ -198,7 +199,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             elapsed = time.process_time() - start
             gc.enable()
             samples[contender].append(elapsed / args.requests * 1e6)
-    baseline = "global SDK MeterProvider" if args.otel_metrics else "no global MeterProvider"
     print(f"python {sys.version.split()[0]}, Flask called as a WSGI app, {baseline}, {args.rounds} "
           f"interleaved rounds x {args.requests} requests, process CPU time, median of per-round "
           "means")

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="prodlens",
         description="Find which subgroup of customers is failing, and who was affected.",
     )
+    from prodlens import __version__
+
+    parser.add_argument("--version", action="version", version=f"prodlens {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_config_command(subparsers)
     try:

@@ -65,7 +65,7 @@ def test_one_line_per_span_with_time_service_kind_name_status_duration_and_ident
         rf"{CLOCK} shop internal untagged ok {DURATION}",
     ]
     assert len(lines) == len(patterns), lines
-    for line, pattern in zip(lines, patterns):
+    for line, pattern in zip(lines, patterns, strict=True):
         assert re.fullmatch(pattern, line), (line, pattern)
 
 

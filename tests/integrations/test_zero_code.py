@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import shlex
+import subprocess
+import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -155,3 +159,65 @@ def test_django_example_zero_code(tmp_path: Path) -> None:
         (SERVER, "GET t/<str:tenant>/orders", acme), (CLIENT, "select", acme),
         (SERVER, "GET t/<str:tenant>/orders", globex), (CLIENT, "select", globex),
     ])
+
+
+ROOT = Path(__file__).parents[2]
+CONSOLE_LINE = re.compile(r"(?P<time>\d\d:\d\d:\d\d\.\d{3}) (?P<rest>.+?) (?P<status>ok|ERROR) "
+                          r"(?P<duration>\d+\.\d+m?s)(?P<identity>( \S+=\S+)*)")
+
+
+def readme_zero_code() -> tuple[dict[str, str], list[str], list[str]]:
+    """The README's zero-code section: its exported variables, its commands, its output lines."""
+    section = (ROOT / "README.md").read_text().split("## Tag spans with zero code", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    commands = re.search(r"```bash\n(.*?)```", section, re.S).group(1).splitlines()
+    env: dict[str, str] = {}
+    for line in commands:
+        if line.startswith("export "):
+            for assignment in shlex.split(line, comments=True)[1:]:
+                name, value = assignment.split("=", 1)
+                env[name] = value
+    output = re.search(r"```text\n(.*?)```", section, re.S).group(1).splitlines()
+    return env, commands, output
+
+
+def console_shape(line: str) -> tuple[str, str]:
+    """A ``prodlens_console`` line without its time and duration: (service kind name, identity)."""
+    match = CONSOLE_LINE.fullmatch(line)
+    assert match, f"not a prodlens_console line: {line!r}"
+    return f"{match['rest']} {match['status']}", match["identity"].strip()
+
+
+def test_readme_zero_code_block_installs_what_its_output_needs() -> None:
+    """The README's block installs the instrumentations (bootstrap) and names the service."""
+    env, commands, _ = readme_zero_code()
+    assert "opentelemetry-bootstrap -a install" in [c.split("#")[0].strip() for c in commands]
+    assert env["OTEL_SERVICE_NAME"] == "shop"
+    # What bootstrap installs, given what this environment has: the three kinds of span.
+    listed = subprocess.run([str(Path(sys.executable).with_name("opentelemetry-bootstrap")),
+                             "-a", "requirements"], capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    names = {line.split("==")[0] for line in listed.stdout.split()}
+    assert {"opentelemetry-instrumentation-flask", "opentelemetry-instrumentation-sqlite3",
+            "opentelemetry-instrumentation-requests"} <= names
+
+
+def test_readme_zero_code_output_under_opentelemetry_instrument() -> None:
+    """The README's variables, verbatim, under ``opentelemetry-instrument`` with the compact
+    console exporter: server, sqlite3 and requests client spans all carry the identity, and the
+    printed lines are the README's example output (times and durations aside)."""
+    env, _, documented = readme_zero_code()
+    assert env["OTEL_TRACES_EXPORTER"] == "prodlens_console"
+    env = clean_env(OTEL_BSP_SCHEDULE_DELAY="50", PRODLENS_METRICS="false", **env)
+    with serve_wsgi(echo_baggage_app) as echo, run_instrumented(APP, env) as (base, process):
+        status, body = fetch(f"{base}/orders/t1?call={echo}/echo",
+                             {"x-customer-id": "acme", "x-region": "eu-west"})
+        assert status == 200, body
+        process.terminate()  # SIGTERM: the app exits through atexit, which flushes the spans
+        out, err = process.communicate(timeout=20)
+    lines = out.splitlines()
+    assert lines, err[-3000:]
+    assert [console_shape(line.rstrip("\n")) for line in lines] == [
+        console_shape(line) for line in documented]
+    assert [console_shape(line.rstrip("\n"))[0].split()[:2] for line in lines] == [
+        ["shop", "client"], ["shop", "client"], ["shop", "server"]]

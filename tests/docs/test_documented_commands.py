@@ -6,78 +6,22 @@ Every ```bash block is read as a reader would type it: from the repository root,
 file exporter's defaults); the rest are checked for what made them fail before: an install line
 that is not the checkout's, an extra that does not exist, an OTLP exporter that is not installed,
 a missing service name. The examples' run scripts run in tests/integrations (test_fastapi.py,
-test_celery.py, test_zero_code.py), the flask example in tests/docs/test_examples_otlp.py.
+test_celery.py, test_zero_code.py), the examples started as documented in tests/docs/test_examples_as_documented.py.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import shlex
 import subprocess
 import sys
-from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, entry_points, metadata, version
 from pathlib import Path
 
 import pytest
+from doc_commands import BASH, COMMANDS, ROOT, Command, assignments
 
-ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")),
-         *sorted((ROOT / "examples").rglob("README.md"))]
-BASH = re.compile(r"^```bash\n(.*?)^```", re.S | re.M)
 EXTRAS = set(metadata("prodlens").get_all("Provides-Extra") or ())
-
-
-@dataclass(frozen=True)
-class Command:
-    """One shell command of a page: its words (comments dropped) and the directory it runs in."""
-
-    page: str
-    words: tuple[str, ...]
-    cwd: Path
-    block: str
-
-    def __str__(self) -> str:
-        return f"{self.page}: {shlex.join(self.words)}"
-
-
-def _commands(page: Path) -> list[Command]:
-    """The page's commands in order; ``cd`` moves the directory for the rest of its block."""
-    found = []
-    for block in BASH.findall(page.read_text()):
-        name = str(page.relative_to(ROOT))
-        cwd = ROOT
-        heredoc = None
-        pending = ""
-        for line in block.replace("\\\n", " ").splitlines():
-            if heredoc is not None:  # a here-document's body is data, not commands
-                heredoc = None if line.strip() == heredoc else heredoc
-                continue
-            if (match := re.search(r"<<-?\s*'?(\w+)'?", line)) is not None:
-                heredoc = match.group(1)
-            try:
-                words = shlex.split(pending + line, comments=True)
-            except ValueError:  # a quote spans lines: read on
-                pending += line + "\n"
-                continue
-            pending = ""
-            # Split `a && b`, `a; b` and `a &` into commands.
-            command: list[str] = []
-            for word in [*words, "&&"]:
-                if word in ("&&", ";", "&", "||"):
-                    if command:
-                        found.append(Command(name, tuple(command), cwd, block))
-                        if command[0] == "cd":
-                            cwd = (cwd / command[1]).resolve()
-                    command = []
-                else:
-                    command.append(word)
-    return found
-
-
-COMMANDS = [c for page in PAGES for c in _commands(page)]
 PIP_INSTALLS = [c for c in COMMANDS if c.words[:2] == ("pip", "install")]
 
 
@@ -139,18 +83,6 @@ def test_cd_lines_name_existing_directories() -> None:
         assert (command.cwd / command.words[1]).is_dir(), command
 
 
-def _assignments(command: Command) -> dict[str, str]:
-    """Variables a command sets: ``export A=1 B=2`` or a ``A=1 cmd`` prefix."""
-    words = command.words[1:] if command.words[0] == "export" else command.words
-    found = {}
-    for word in words:
-        name, eq, value = word.partition("=")
-        if not eq or not re.fullmatch(r"[A-Z_][A-Z0-9_]*", name):
-            break
-        found[name] = value
-    return found
-
-
 def test_exporters_named_are_installed_and_otlp_is_the_http_one() -> None:
     """``OTEL_TRACES_EXPORTER`` names an installed exporter; a page that selects ``otlp`` says
     ``http/protobuf`` and installs that exporter (the SDK's default, gRPC, is not installed by
@@ -160,7 +92,7 @@ def test_exporters_named_are_installed_and_otlp_is_the_http_one() -> None:
     installed.add("otlp")  # the SDK's alias: otlp_proto_grpc, or otlp_proto_http by protocol
     pages_with_otlp = set()
     for command in COMMANDS:
-        exporters = _assignments(command).get("OTEL_TRACES_EXPORTER")
+        exporters = assignments(command).get("OTEL_TRACES_EXPORTER")
         if exporters is None:
             continue
         for name in exporters.split(","):
@@ -171,7 +103,7 @@ def test_exporters_named_are_installed_and_otlp_is_the_http_one() -> None:
     for page in pages_with_otlp:
         settings: dict[str, str] = {}
         for command in (c for c in COMMANDS if c.page == page):
-            settings.update(_assignments(command))
+            settings.update(assignments(command))
         assert settings.get("OTEL_EXPORTER_OTLP_PROTOCOL") == "http/protobuf", page
         installs = {r for c in PIP_INSTALLS if c.page == page for r in _requirements(c)}
         assert "opentelemetry-exporter-otlp-proto-http" in installs, page
@@ -187,7 +119,7 @@ def test_zero_code_recipes_name_the_service_and_install_instrumentations() -> No
         commands = [c for c in COMMANDS if c.page == page]
         if not any("opentelemetry-instrument" in c.words for c in commands):
             continue
-        assert any("OTEL_SERVICE_NAME" in _assignments(c) for c in commands), page
+        assert any("OTEL_SERVICE_NAME" in assignments(c) for c in commands), page
         if page != "docs/integrations/openfeature.md":  # flags only: no database, no client
             assert any(c.words[:3] == ("opentelemetry-bootstrap", "-a", "install")
                        or "opentelemetry-instrumentation-sqlite3" in c.words
@@ -267,7 +199,7 @@ def test_slice_and_affected_read_where_the_page_writes_spans(page: str, tmp_path
     commands = [c for c in COMMANDS if c.page == page]
     settings: dict[str, str] = {}
     for command in commands:
-        settings.update({k: v for k, v in _assignments(command).items()
+        settings.update({k: v for k, v in assignments(command).items()
                          if k.startswith("PRODLENS_FILE_")})
     analysis = [c for c in commands if c.words[0] == "prodlens"
                 and c.words[1] in ("slice", "affected")]

@@ -1,7 +1,8 @@
 """The compact console exporter (``OTEL_TRACES_EXPORTER=prodlens_console``), with the real SDK.
 
-Its run under ``opentelemetry-instrument`` is in
-tests/integrations/test_zero_code.py::test_zero_code_console_exporter_under_opentelemetry_instrument.
+Its runs under ``opentelemetry-instrument`` are
+tests/integrations/test_zero_code.py::test_readme_zero_code_output_under_opentelemetry_instrument
+and tests/docs/test_examples_as_documented.py.
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ Every ```bash block is read as a reader would type it: from the repository root,
 file exporter's defaults); the rest are checked for what made them fail before: an install line
 that is not the checkout's, an extra that does not exist, an OTLP exporter that is not installed,
 a missing service name. The examples' run scripts run in tests/integrations (test_fastapi.py,
-test_celery.py, test_zero_code.py), the examples started as documented in tests/docs/test_examples_as_documented.py.
+test_celery.py, test_zero_code.py); the examples are started as their READMEs say in
+test_examples_as_documented.py, the README's zero-code block in
+tests/integrations/test_zero_code.py.
 """
 
 from __future__ import annotations

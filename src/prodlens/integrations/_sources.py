@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol, TypeVar
 
 from prodlens import attributes
-from prodlens.baggage import identity_from_members, parse_header
+from prodlens.baggage import identity_from_members, parse_header, strip_members
 from prodlens.config import Settings, Source
 from prodlens.identity import Identity, build, normalize_cohorts, normalize_customer, to_text
 
@@ -198,12 +198,8 @@ def query_value(query_string: str | None, name: str) -> str | None:
 
 
 def strip_prodlens_members(header: str) -> str:
-    """A ``baggage`` header without prodlens's members (others kept as they are)."""
-    kept = [
-        member for member in header.split(",")
-        if member.strip() and not member.strip().startswith("prodlens.")
-    ]
-    return ",".join(kept)
+    """A ``baggage`` header without prodlens members (:func:`prodlens.baggage.strip_members`)."""
+    return strip_members(header)
 
 
 # --------------------------------------------------------------------------- resolution

@@ -26,8 +26,12 @@ import contextvars
 from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any, Final
 
+from opentelemetry.context import detach as _otel_detach
+from opentelemetry.context import get_current as _otel_context
+
 from prodlens import _runtime
 from prodlens._safety import internal_error
+from prodlens.baggage import may_hold_prodlens, strip_current_context
 from prodlens.identity import SCOPE, Scope, close_scope, merge
 from prodlens.integrations._sources import (
     cookie_value,
@@ -47,6 +51,8 @@ WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 #: Set in the environ while a prodlens scope is open for it, so nested wrappers open one only.
 ENVIRON_KEY: Final = "prodlens.scope"
+#: The token of a context attached without a client's prodlens baggage, detached at the end.
+_CONTEXT_KEY: Final = "prodlens.context"
 
 #: Header name -> environ key, computed once per name (names come from the settings: bounded).
 _ENVIRON_KEYS: dict[str, str] = {}
@@ -128,11 +134,16 @@ def enter_request(
             late = resolve_late(EnvironView(environ), settings)
             if late is not None:
                 identity = merge(identity, late)
-        if plan.baggage:
-            header = environ.get("HTTP_BAGGAGE")
-            if isinstance(header, str) and "prodlens." in header:
-                # Read once; OpenTelemetry's propagator must not pass it on to every destination.
-                environ["HTTP_BAGGAGE"] = strip_prodlens_members(header)
+        header = environ.get("HTTP_BAGGAGE")
+        if header.__class__ is str and header and may_hold_prodlens(header):
+            # Whether read as a source or not, prodlens members a client sent go no further:
+            # OpenTelemetry's propagator would put them in the context, and from there into
+            # every outgoing request and message.
+            environ["HTTP_BAGGAGE"] = strip_prodlens_members(header)
+        if _otel_context():  # an empty context holds no baggage: the common case, one call
+            stripped = strip_current_context()
+            if stripped is not None:
+                environ[_CONTEXT_KEY] = stripped
         environ[ENVIRON_KEY] = True
         return SCOPE.set(Scope(identity, None, SCOPE.get()))  # open_scope(identity), inlined
     except Exception as error:
@@ -147,6 +158,9 @@ def exit_request(environ: Environ, token: contextvars.Token[Scope | None] | None
     try:
         close_scope(token)
         environ.pop(ENVIRON_KEY, None)
+        stripped = environ.pop(_CONTEXT_KEY, None)
+        if stripped is not None:
+            _otel_detach(stripped)
     except Exception as error:
         internal_error("WSGI request end", error)
 

@@ -5,7 +5,7 @@ raises); an outgoing header holds exactly the identity's members, within W3C's l
 
 from __future__ import annotations
 
-from conftest import ANY_TEXT, HEADER_BYTES, MIXED_TEXT
+from fuzz_strategies import ANY_TEXT, HEADER_BYTES, MIXED_TEXT
 from hypothesis import given
 from hypothesis import strategies as st
 from opentelemetry import baggage as otel_baggage

@@ -3,7 +3,7 @@ plainly there."""
 
 from __future__ import annotations
 
-from conftest import MIXED_TEXT, WSGI_TEXT
+from fuzz_strategies import MIXED_TEXT, WSGI_TEXT
 from hypothesis import given
 from hypothesis import strategies as st
 

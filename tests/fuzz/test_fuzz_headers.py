@@ -4,7 +4,7 @@ UTF-8 text."""
 
 from __future__ import annotations
 
-from conftest import HEADER_BYTES
+from fuzz_strategies import HEADER_BYTES
 from hypothesis import given
 from hypothesis import strategies as st
 

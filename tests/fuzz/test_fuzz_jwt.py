@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import json
 
-from conftest import MIXED_TEXT
+from fuzz_strategies import MIXED_TEXT
 from hypothesis import given
 from hypothesis import strategies as st
 

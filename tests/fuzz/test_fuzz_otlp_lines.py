@@ -8,7 +8,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from conftest import ANY_TEXT
+from fuzz_strategies import ANY_TEXT
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from urllib.parse import quote_plus
 
-from conftest import ANY_TEXT, MIXED_TEXT, WSGI_TEXT
+from fuzz_strategies import ANY_TEXT, MIXED_TEXT, WSGI_TEXT
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -1,4 +1,4 @@
-"""Shared strategies for the fuzz targets (one test module per parser).
+"""Shared strategies for the fuzz targets (one test module per parser, test_fuzz_*.py).
 
 Every target runs at hypothesis's default example count (100) in the normal suite, so CI runs
 them; for a long run (10,000 examples per target; lift pytest-timeout's 300 s per test)::
@@ -6,7 +6,8 @@ them; for a long run (10,000 examples per target; lift pytest-timeout's 300 s pe
     pytest tests/fuzz --hypothesis-profile=long --timeout=0
     pytest tests/fuzz --hypothesis-profile=long --timeout=0 --hypothesis-seed=7  # reproducible
 
-The profiles are registered in ``tests/conftest.py``.
+The profiles are registered in ``tests/conftest.py``. Import this module by name (``from
+fuzz_strategies import ...``): pytest puts this directory on ``sys.path``.
 """
 
 from __future__ import annotations

@@ -298,6 +298,8 @@ def _enter(scope: ASGIScope, with_late: bool) -> contextvars.Token[Scope | None]
         return SCOPE.set(Scope(identity, None, SCOPE.get()))  # open_scope(identity), inlined
     except Exception as error:
         internal_error("ASGI request start", error)
+        if _CONTEXT_KEY in scope:  # no exit_request will run for this scope: detach now
+            _detach_stripped(scope)
         return None
 
 
@@ -312,9 +314,16 @@ def exit_request(scope: ASGIScope, token: contextvars.Token[Scope | None] | None
             close_scope(token)
         scope.pop(SCOPE_KEY, None)
         scope.pop(LATE_KEY, None)
-        stripped = scope.pop(_CONTEXT_KEY, None)
-        if stripped is not None:
-            _otel_detach(stripped)
+        if _CONTEXT_KEY in scope:
+            _detach_stripped(scope)
+    except Exception as error:
+        internal_error("ASGI request end", error)
+
+
+def _detach_stripped(scope: ASGIScope) -> None:
+    """Detach the context attached without a client's prodlens baggage. Never raises."""
+    try:
+        _otel_detach(scope.pop(_CONTEXT_KEY))
     except Exception as error:
         internal_error("ASGI request end", error)
 

@@ -22,6 +22,7 @@ returned, are not tagged (the scope ends when the application returns).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any, Final
@@ -158,6 +159,8 @@ def enter_request(
         return SCOPE.set(Scope(identity, None, SCOPE.get()))  # open_scope(identity), inlined
     except Exception as error:
         internal_error("WSGI request start", error)
+        with contextlib.suppress(Exception):  # no exit_request will run for it: detach now
+            _detach_stripped(environ)
         return None
 
 
@@ -168,11 +171,16 @@ def exit_request(environ: Environ, token: contextvars.Token[Scope | None] | None
     try:
         close_scope(token)
         environ.pop(ENVIRON_KEY, None)
-        stripped = environ.pop(_CONTEXT_KEY, None)
-        if stripped is not None:
-            _otel_detach(stripped)
+        _detach_stripped(environ)
     except Exception as error:
         internal_error("WSGI request end", error)
+
+
+def _detach_stripped(environ: Environ) -> None:
+    """Detach the context attached without a client's prodlens baggage, if any."""
+    stripped = environ.pop(_CONTEXT_KEY, None)
+    if stripped is not None:
+        _otel_detach(stripped)
 
 
 class ProdlensMiddleware:

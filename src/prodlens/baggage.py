@@ -16,9 +16,10 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 from typing import Final
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, unquote_plus
 
 from opentelemetry import baggage as otel_baggage
+from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 
 from prodlens import attributes
@@ -30,9 +31,13 @@ __all__ = [
     "MAX_MEMBERS",
     "identity_from_members",
     "identity_members",
+    "is_prodlens_key",
+    "may_hold_prodlens",
     "merge_header",
     "parse_header",
+    "strip_current_context",
     "strip_identity",
+    "strip_members",
     "with_identity",
 ]
 
@@ -44,6 +49,38 @@ _MAX_INBOUND_CHARS: Final = 2 * MAX_HEADER_BYTES
 #: W3C baggage: keys are RFC 7230 tokens; values are baggage-octets (percent-encoded beyond).
 _TOKEN_RE: Final = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,256}$")
 _VALUE_RE: Final = re.compile(r"^[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*$")
+
+
+def is_prodlens_key(key: str) -> bool:
+    """True if baggage key ``key`` (raw, as in a header, or decoded, as in a context) names a
+    prodlens member once decoded as any reader decodes it.
+
+    OpenTelemetry's propagator percent-decodes keys (``%70rodlens.customer`` becomes
+    ``prodlens.customer`` in the context) and strips blanks, so the test does the same, and
+    ignores case: no key that some reader could take for a prodlens member passes.
+    """
+    name = key.strip()
+    if "%" in name or "+" in name:
+        name = unquote_plus(name).strip()
+    return name[:len(_PRODLENS_PREFIX)].lower() == _PRODLENS_PREFIX
+
+
+def may_hold_prodlens(header: str) -> bool:
+    """A cheap pre-check: False only when ``header`` cannot hold a prodlens member."""
+    return "%" in header or "prodlens." in header.lower()
+
+
+def strip_members(header: str) -> str:
+    """A ``baggage`` header without prodlens's members; also without any member that is not
+    ASCII, which W3C baggage never holds and no propagator accepts (so the rewritten header
+    decodes as UTF-8 anywhere). Other members are kept as they are, in order."""
+    kept = []
+    for member in header.split(","):
+        if not member.strip() or not member.isascii():
+            continue
+        if not is_prodlens_key(member.split("=", 1)[0]):
+            kept.append(member)
+    return ",".join(kept)
 
 
 def identity_members(identity: Identity) -> list[tuple[str, str]]:
@@ -95,14 +132,15 @@ def parse_header(header: str | Iterable[str] | None) -> dict[str, str]:
 def merge_header(existing: str | None, identity: Identity) -> str:
     """An outgoing ``baggage`` header: ``existing`` members with prodlens's replaced.
 
-    Existing non-prodlens members come first and are kept as they are; prodlens members are
-    added while they fit within 64 members and 8192 bytes.
+    Existing non-prodlens members come first and are kept as they are (but for members that
+    are not ASCII, which W3C baggage never holds); prodlens members are added while they fit
+    within 64 members and 8192 bytes.
     """
     kept: list[str] = []
     if existing:
         for raw in existing[:_MAX_INBOUND_CHARS].split(","):
             member = raw.strip()
-            if member and not member.startswith(_PRODLENS_PREFIX):
+            if member and member.isascii() and not is_prodlens_key(member.split("=", 1)[0]):
                 kept.append(member)
     size = len(",".join(kept).encode("utf-8"))
     for key, value in identity_members(identity):
@@ -153,9 +191,23 @@ def strip_identity(context: Context | None = None) -> Context:
     entries = otel_baggage.get_all(context)
     result = context
     for key in entries:
-        if key.startswith(_PRODLENS_PREFIX):
+        if is_prodlens_key(key):
             result = otel_baggage.remove_baggage(key, result)
     return result if result is not None else Context()
+
+
+def strip_current_context() -> object | None:
+    """Attach the current context without prodlens's baggage keys, when it has any (a server
+    instrumentation outside prodlens's request scope already extracted a client's baggage).
+
+    Returns:
+        The token to pass to ``opentelemetry.context.detach`` when the request ends, or None
+        when the context held no prodlens member (nothing attached).
+    """
+    entries = otel_baggage.get_all()
+    if not entries or not any(is_prodlens_key(key) for key in entries):
+        return None
+    return otel_context.attach(strip_identity(otel_context.get_current()))
 
 
 def with_identity(identity: Identity, context: Context | None = None) -> Context:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextvars
 import logging
 import re
+import sys
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -44,7 +46,9 @@ def to_text(value: object, max_length: int) -> str | None:
 
     str is truncated; bytes are decoded as UTF-8 (replacing bad bytes) after truncation; bools
     become ``true``/``false``; numbers their decimal form; other objects their ``str()``, unless
-    that raises. Never raises.
+    that raises. The result is always valid UTF-8: a surrogate pair held as two code points is
+    joined, and a lone surrogate (a JWT ``sub`` of ``"\\ud800"``) becomes U+FFFD, so no
+    exporter or backend rejects the span, or its batch, for it. Never raises.
     """
     if value is None:
         return None
@@ -60,6 +64,11 @@ def to_text(value: object, max_length: int) -> str | None:
         except Exception as error:  # an object whose __str__ raises
             internal_error("value conversion", error)
             return None
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # surrogates: join pairs, replace lone ones
+            text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
     return text if text else None
 
 
@@ -296,6 +305,8 @@ def identify(customer: object = None, **cohorts: object) -> Identity | None:
         'acme'
     """
     try:
+        if SCOPE.get() is None:
+            _warn_on_pool_worker()
         name, pseudo = normalize_customer(customer)
         update = build(name, normalize_cohorts(cohorts.items(), where="identify()"), pseudo)
         apply(update)
@@ -303,3 +314,23 @@ def identify(customer: object = None, **cohorts: object) -> Identity | None:
     except Exception as error:
         internal_error("identify()", error)
         return None
+
+
+def _warn_on_pool_worker() -> None:
+    """Warn (once) that identify() outside any scope on a pool's worker thread sticks to that
+    thread: every later job it runs would carry this identity."""
+    thread = threading.current_thread()
+    if thread is threading.main_thread():
+        return
+    # A ThreadPoolExecutor worker (asyncio's default executor is one) runs the module's
+    # ``_worker`` loop; its registry of workers is filled only after a worker starts its first
+    # job, so the thread's target is what tells, with the default name as a fallback.
+    pool = sys.modules.get("concurrent.futures.thread")
+    worker_loop = getattr(pool, "_worker", None)
+    if thread.name.startswith("ThreadPoolExecutor-") or (
+            worker_loop is not None and getattr(thread, "_target", None) is worker_loop):
+        log_once("identify:pool-worker", logging.WARNING,
+                 "prodlens: identify() ran outside any scope on thread-pool worker %s: the "
+                 "identity stays with that thread, so its later jobs carry it too. Run the job "
+                 "inside `with prodlens.tag(customer, ...)` (a scope that ends with the job), "
+                 "or wrap it with @prodlens.tag. Logged once.", thread.name)

@@ -124,6 +124,23 @@ def test_otel_context_baggage_survives_with_identity(clients: Any, get: Any) -> 
 
 
 @pytest.mark.parametrize("get", CLIENTS, ids=lambda f: f.__name__[4:])
+def test_prodlens_members_leave_only_from_the_identity(clients: Any, get: Any) -> None:
+    # Members app code (or a client, through an unpatched server) put in the context or the
+    # header: to a matching destination, with or without an identity, none passes.
+    matching, _ = clients
+    assert get(matching + "/echo", {"baggage": "a=1,prodlens.cohort.plan=x"}) == "a=1"
+    assert get(matching + "/echo", {"baggage": "%70rodlens.customer=x,a=1"}) == "a=1"
+    forged = otel_baggage.set_baggage("prodlens.customer", "forged")
+    token = otel_context.attach(otel_baggage.set_baggage("ctx", "1", forged))
+    try:
+        assert get(matching + "/echo", {}) == "ctx=1"
+        with prodlens.tag("acme", plan="pro"):
+            assert get(matching + "/echo", {}) == "ctx=1," + EXPECTED
+    finally:
+        otel_context.detach(token)
+
+
+@pytest.mark.parametrize("get", CLIENTS, ids=lambda f: f.__name__[4:])
 def test_other_destinations_get_nothing_from_prodlens(clients: Any, get: Any) -> None:
     _, other = clients  # "localhost" is a name: 127.0.0.0/8 does not match it (no DNS)
     with prodlens.tag("acme", plan="pro"):

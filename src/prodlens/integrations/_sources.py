@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol, TypeVar
 
 from prodlens import attributes
-from prodlens.baggage import identity_from_members, parse_header
+from prodlens.baggage import identity_from_members, parse_header, strip_members
 from prodlens.config import Settings, Source
 from prodlens.identity import Identity, build, normalize_cohorts, normalize_customer, to_text
 
@@ -63,7 +63,8 @@ LATE_KINDS: Final = frozenset({"user", "path"})
 
 #: Bearer tokens longer than this are not decoded at all.
 MAX_TOKEN_BYTES: Final = 8 * 1024
-#: Only this many characters of a Cookie header / query string are scanned.
+#: Only this many characters of a Cookie header / query string are scanned (bytes, where the
+#: framework gives bytes: the cut comes before decoding).
 MAX_COOKIE_CHARS: Final = 16 * 1024
 MAX_QUERY_CHARS: Final = 16 * 1024
 #: Dotted claim paths deeper than this are not followed.
@@ -198,12 +199,8 @@ def query_value(query_string: str | None, name: str) -> str | None:
 
 
 def strip_prodlens_members(header: str) -> str:
-    """A ``baggage`` header without prodlens's members (others kept as they are)."""
-    kept = [
-        member for member in header.split(",")
-        if member.strip() and not member.strip().startswith("prodlens.")
-    ]
-    return ",".join(kept)
+    """A ``baggage`` header without prodlens members (:func:`prodlens.baggage.strip_members`)."""
+    return strip_members(header)
 
 
 # --------------------------------------------------------------------------- resolution
@@ -286,6 +283,8 @@ class SourcePlan:
     late_cohorts: tuple[tuple[str, tuple[Source, ...]], ...]
     late: bool
     baggage: bool
+    #: Some source reads the authenticated user (``user`` / ``user:ATTR``).
+    user: bool
     #: Set when every early source reads only headers (see :class:`HeaderPlan`).
     headers: HeaderPlan | None
     #: Built identities by (late?, customer text, cohort texts...): requests of a customer
@@ -335,6 +334,7 @@ def _plan(settings: Settings) -> SourcePlan:
         late_cohorts=late_cohorts,
         late=late_customer or bool(late_cohorts),
         baggage=any(s.kind == "baggage" for s in every),
+        user=any(s.kind == "user" for s in every),
         headers=_header_plan(settings, every),
     )
     if len(_plans) > 8:

@@ -32,14 +32,17 @@ from types import ModuleType
 from typing import Any, Final
 
 from opentelemetry import trace
+from opentelemetry.context import detach as _otel_detach
 from opentelemetry.context import get_current as _otel_context
 from opentelemetry.sdk.trace import Span
 
 from prodlens import _runtime
 from prodlens._safety import internal_error
+from prodlens.baggage import may_hold_prodlens, strip_current_context
 from prodlens.identity import SCOPE, Identity, Scope, apply, close_scope, merge, open_scope
 from prodlens.integrations import _patching
 from prodlens.integrations._sources import (
+    MAX_COOKIE_CHARS,
     cookie_value,
     query_value,
     resolve_early,
@@ -72,6 +75,8 @@ ASGIApp = Callable[[ASGIScope, Receive, Send], Awaitable[Any]]
 SCOPE_KEY: Final = "prodlens.scope"
 #: Set once the late sources (path, user) were resolved for this request.
 LATE_KEY: Final = "prodlens.late"
+#: The token of a context attached without a client's prodlens baggage, detached at the end.
+_CONTEXT_KEY: Final = "prodlens.context"
 _HTTP_TYPES: Final = frozenset({"http", "websocket"})
 #: A cache miss (None is a cached "no identity"). Typed Any so that a cache read needs no
 #: ``typing.cast`` (a function call per request).
@@ -145,7 +150,9 @@ class ASGIScopeView:
     def cookie(self, name: str) -> str | None:
         # HTTP/2 may split cookies over several headers.
         values = self._values("cookie")
-        return cookie_value(_text(b"; ".join(values)), name) if values else None
+        # Cut before decoding: as the WSGI integration does, the bound is on bytes.
+        return cookie_value(_text(b"; ".join(values)[:MAX_COOKIE_CHARS]), name) \
+            if values else None
 
     def query(self, name: str) -> str | None:
         raw = self.scope.get("query_string")
@@ -166,23 +173,36 @@ class ASGIScopeView:
 
 
 def _strip_inbound_baggage(scope: ASGIScope) -> None:
-    """Remove prodlens members from inbound ``baggage`` headers once read, so OpenTelemetry's
-    propagator does not pass identity received from a client on to every destination."""
+    """Remove prodlens members from inbound ``baggage`` headers, whether or not a source read
+    them, so OpenTelemetry's propagator does not pass what a client sent on to every
+    destination. A rewritten header keeps only ASCII members (W3C baggage is ASCII; no
+    propagator accepts others), so it decodes as UTF-8 in any instrumentation."""
     headers = scope.get("headers")
     if not headers:
         return
-    rewritten: list[Any] = []
-    changed = False
-    for item in headers:
-        if (isinstance(item, (tuple, list)) and len(item) == 2
-                and isinstance(item[0], (bytes, bytearray))
-                and isinstance(item[1], (bytes, bytearray))
-                and bytes(item[0]).lower() == b"baggage" and b"prodlens." in item[1]):
-            stripped = strip_prodlens_members(bytes(item[1]).decode("latin-1"))
-            item = (item[0], stripped.encode("latin-1"))
-            changed = True
-        rewritten.append(item)  # anything else is kept exactly as it was
-    if changed:
+    replaced: dict[int, bytes | None] = {}
+    for index, item in enumerate(headers):
+        try:
+            name, value = item
+        except (TypeError, ValueError):
+            continue
+        if name.__class__ is not bytes or (name != b"baggage" and (
+                name.islower() or name.lower() != b"baggage")):
+            continue
+        if not isinstance(value, (bytes, bytearray)):
+            continue
+        text = bytes(value).decode("latin-1")
+        if may_hold_prodlens(text):
+            stripped = strip_prodlens_members(text)
+            if stripped != text:
+                replaced[index] = stripped.encode("ascii") if stripped else None
+    if replaced:
+        rewritten: list[Any] = []
+        for index, item in enumerate(headers):
+            if index not in replaced:
+                rewritten.append(item)  # anything else is kept exactly as it was
+            elif (new := replaced[index]) is not None:
+                rewritten.append((item[0], new))
         scope["headers"] = rewritten
 
 
@@ -253,14 +273,14 @@ def _enter(scope: ASGIScope, with_late: bool) -> contextvars.Token[Scope | None]
             identity: Identity | None = headers.cache.get(key, _MISS)
             if identity is _MISS:
                 identity = headers.resolve(key, ASGIScopeView, scope)
-            if plan.baggage and baggage >= 0:
-                inbound = key[baggage]
-                if isinstance(inbound, bytes) and b"prodlens." in inbound:
-                    _strip_inbound_baggage(scope)
         else:
             identity = resolve_early(ASGIScopeView(scope), settings)
-            if plan.baggage:
-                _strip_inbound_baggage(scope)
+        # Whether baggage is a source or not, a client's prodlens members go no further.
+        _strip_inbound_baggage(scope)
+        if _otel_context():  # an empty context holds no baggage: the common case, one call
+            stripped = strip_current_context()
+            if stripped is not None:
+                scope[_CONTEXT_KEY] = stripped
         if with_late and plan.late:
             late = resolve_late(ASGIScopeView(scope), settings)
             if late is not None:
@@ -278,6 +298,8 @@ def _enter(scope: ASGIScope, with_late: bool) -> contextvars.Token[Scope | None]
         return SCOPE.set(Scope(identity, None, SCOPE.get()))  # open_scope(identity), inlined
     except Exception as error:
         internal_error("ASGI request start", error)
+        if _CONTEXT_KEY in scope:  # no exit_request will run for this scope: detach now
+            _detach_stripped(scope)
         return None
 
 
@@ -292,6 +314,16 @@ def exit_request(scope: ASGIScope, token: contextvars.Token[Scope | None] | None
             close_scope(token)
         scope.pop(SCOPE_KEY, None)
         scope.pop(LATE_KEY, None)
+        if _CONTEXT_KEY in scope:
+            _detach_stripped(scope)
+    except Exception as error:
+        internal_error("ASGI request end", error)
+
+
+def _detach_stripped(scope: ASGIScope) -> None:
+    """Detach the context attached without a client's prodlens baggage. Never raises."""
+    try:
+        _otel_detach(scope.pop(_CONTEXT_KEY))
     except Exception as error:
         internal_error("ASGI request end", error)
 

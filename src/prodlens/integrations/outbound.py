@@ -13,8 +13,10 @@ For a matching destination the prodlens members (``prodlens.customer``,
 keeping every other member. They are added at the transport, below the OpenTelemetry client
 instrumentations (which rewrite ``baggage`` from the context): urllib3's
 ``HTTPConnection.request`` (so ``requests`` and ``urllib3``), httpcore's connection pools (so
-``httpx``, sync and async) and aiohttp's ``ClientRequest.send``. Every other destination gets no
-prodlens member, not even one this service received in inbound baggage::
+``httpx``, sync and async) and aiohttp's ``ClientRequest.send``. A ``prodlens.*`` member already
+in the header (sent by a client and carried by the context, or set by app code) is removed first,
+for every destination: a matching destination gets only this request's identity (nothing when
+the request has none), and every other destination gets no prodlens member at all::
 
     export PRODLENS_PROPAGATE_TO='*.internal,10.0.0.0/8,localhost'
 
@@ -35,10 +37,9 @@ from urllib.parse import urlsplit
 
 from prodlens import _runtime
 from prodlens._safety import internal_error
-from prodlens.baggage import merge_header
+from prodlens.baggage import may_hold_prodlens, merge_header, strip_members
 from prodlens.identity import current
 from prodlens.integrations import _patching
-from prodlens.integrations._sources import strip_prodlens_members
 
 __all__ = ["PATCHES", "baggage_for", "host_matches"]
 
@@ -89,19 +90,22 @@ def host_matches(host: str | None, patterns: tuple[str, ...]) -> bool:
 def baggage_for(host: str | None, existing: str | None) -> str | None:
     """The ``baggage`` header to send to ``host``, or None to leave it as it is.
 
-    Matching host with an identity in force: ``existing`` merged with the identity. Other hosts:
-    ``existing`` without prodlens members (only when it had some).
+    Matching host with an identity in force: ``existing`` without its prodlens members, merged
+    with the identity. Otherwise (another host, or no identity): ``existing`` without prodlens
+    members, only when it had some. So no ``prodlens.*`` member leaves the process unless
+    prodlens wrote it from this request's identity: members a client forged into inbound
+    baggage, or app code set in the context, never pass through.
     """
     runtime = _runtime.current()
     if not runtime.enabled:
         return None
     if host_matches(host, runtime.settings.propagate_to):
         identity = current()
-        if identity is None or (identity.customer is None and not identity.cohorts):
-            return None
-        return merge_header(existing, identity)
-    if existing and "prodlens." in existing:
-        return strip_prodlens_members(existing)
+        if identity is not None and (identity.customer is not None or identity.cohorts):
+            return merge_header(existing, identity)
+    if existing and may_hold_prodlens(existing):
+        stripped = strip_members(existing)
+        return None if stripped == existing else stripped
     return None
 
 
@@ -117,18 +121,16 @@ def _urllib3_request(wrapped: Any, instance: Any, args: tuple[Any, ...],
         else:
             host = getattr(instance, "_tunnel_host", None) or getattr(instance, "host", None)
         headers = args[3] if len(args) > 3 else kwargs.get("headers")
-        existing = None
-        baggage_key = None
-        if headers is not None:
-            for key in headers:
-                if isinstance(key, str) and key.lower() == "baggage":
-                    baggage_key, existing = key, headers[key]
-                    break
+        # Every spelling of the header (a plain dict may hold "baggage" and "Baggage"): one
+        # left unread would carry its members past the rewrite.
+        keys = [] if headers is None else [
+            key for key in headers if isinstance(key, str) and key.lower() == "baggage"]
+        existing = ",".join(str(headers[key]) for key in keys) if headers and keys else None
         value = baggage_for(host, existing)
         if value is not None:
             new_headers = dict(headers) if headers is not None else {}
-            if baggage_key is not None:
-                del new_headers[baggage_key]
+            for key in keys:
+                new_headers.pop(key, None)
             if value:
                 new_headers["baggage"] = value
             if len(args) > 3:
@@ -153,17 +155,13 @@ def _httpcore_update(request: Any) -> None:
         host_raw = request.url.host
         host = host_raw.decode("ascii", "replace") if isinstance(host_raw, bytes) else host_raw
         headers = list(request.headers)
-        existing = None
-        index = -1
-        for i, (key, val) in enumerate(headers):
-            if key.lower() == b"baggage":
-                existing, index = val.decode("latin-1"), i
-                break
-        value = baggage_for(host, existing)
+        # Every ``baggage`` header: one left unread would carry its members past the rewrite.
+        found = [val.decode("latin-1") for key, val in headers if key.lower() == b"baggage"]
+        value = baggage_for(host, ",".join(found) if found else None)
         if value is None:
             return
-        if index >= 0:
-            del headers[index]
+        if found:
+            headers = [(key, val) for key, val in headers if key.lower() != b"baggage"]
         if value:
             headers.append((b"baggage", value.encode("ascii", "replace")))
         request.headers = headers
@@ -196,8 +194,8 @@ async def _aiohttp_send(wrapped: Any, instance: Any, args: tuple[Any, ...],
                         kwargs: dict[str, Any]) -> Any:
     try:
         headers = instance.headers
-        existing = headers.get("baggage")
-        value = baggage_for(instance.url.host, existing)
+        found = headers.getall("baggage", ())
+        value = baggage_for(instance.url.host, ",".join(found) if found else None)
         if value is not None:
             headers.popall("baggage", None)
             if value:

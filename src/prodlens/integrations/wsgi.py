@@ -22,14 +22,21 @@ returned, are not tagged (the scope ends when the application returns).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any, Final
 
+from opentelemetry.context import detach as _otel_detach
+from opentelemetry.context import get_current as _otel_context
+
 from prodlens import _runtime
 from prodlens._safety import internal_error
+from prodlens.baggage import may_hold_prodlens, strip_current_context
 from prodlens.identity import SCOPE, Scope, close_scope, merge
 from prodlens.integrations._sources import (
+    MAX_COOKIE_CHARS,
+    MAX_QUERY_CHARS,
     cookie_value,
     environ_key,
     query_value,
@@ -47,6 +54,8 @@ WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 #: Set in the environ while a prodlens scope is open for it, so nested wrappers open one only.
 ENVIRON_KEY: Final = "prodlens.scope"
+#: The token of a context attached without a client's prodlens baggage, detached at the end.
+_CONTEXT_KEY: Final = "prodlens.context"
 
 #: Header name -> environ key, computed once per name (names come from the settings: bounded).
 _ENVIRON_KEYS: dict[str, str] = {}
@@ -73,6 +82,12 @@ def _wsgi_text(value: object) -> str | None:
         return value
 
 
+def _head(value: object, limit: int) -> object:
+    """The first ``limit`` bytes of a WSGI value (PEP 3333: one latin-1 character per byte),
+    cut before it is decoded, so a huge header costs no more than its first ``limit`` bytes."""
+    return value[:limit] if isinstance(value, str) else value
+
+
 class EnvironView:
     """A :class:`~prodlens.integrations._sources.RequestView` over a WSGI environ."""
 
@@ -88,10 +103,12 @@ class EnvironView:
         return _wsgi_text(value)
 
     def cookie(self, name: str) -> str | None:
-        return cookie_value(_wsgi_text(self.environ.get("HTTP_COOKIE")), name)
+        return cookie_value(_wsgi_text(_head(self.environ.get("HTTP_COOKIE"),
+                                             MAX_COOKIE_CHARS)), name)
 
     def query(self, name: str) -> str | None:
-        return query_value(_wsgi_text(self.environ.get("QUERY_STRING")), name)
+        return query_value(_wsgi_text(_head(self.environ.get("QUERY_STRING"),
+                                            MAX_QUERY_CHARS)), name)
 
     def path_param(self, name: str) -> object | None:
         return None
@@ -128,15 +145,22 @@ def enter_request(
             late = resolve_late(EnvironView(environ), settings)
             if late is not None:
                 identity = merge(identity, late)
-        if plan.baggage:
-            header = environ.get("HTTP_BAGGAGE")
-            if isinstance(header, str) and "prodlens." in header:
-                # Read once; OpenTelemetry's propagator must not pass it on to every destination.
-                environ["HTTP_BAGGAGE"] = strip_prodlens_members(header)
+        header = environ.get("HTTP_BAGGAGE")
+        if header.__class__ is str and header and may_hold_prodlens(header):
+            # Whether read as a source or not, prodlens members a client sent go no further:
+            # OpenTelemetry's propagator would put them in the context, and from there into
+            # every outgoing request and message.
+            environ["HTTP_BAGGAGE"] = strip_prodlens_members(header)
+        if _otel_context():  # an empty context holds no baggage: the common case, one call
+            stripped = strip_current_context()
+            if stripped is not None:
+                environ[_CONTEXT_KEY] = stripped
         environ[ENVIRON_KEY] = True
         return SCOPE.set(Scope(identity, None, SCOPE.get()))  # open_scope(identity), inlined
     except Exception as error:
         internal_error("WSGI request start", error)
+        with contextlib.suppress(Exception):  # no exit_request will run for it: detach now
+            _detach_stripped(environ)
         return None
 
 
@@ -147,8 +171,16 @@ def exit_request(environ: Environ, token: contextvars.Token[Scope | None] | None
     try:
         close_scope(token)
         environ.pop(ENVIRON_KEY, None)
+        _detach_stripped(environ)
     except Exception as error:
         internal_error("WSGI request end", error)
+
+
+def _detach_stripped(environ: Environ) -> None:
+    """Detach the context attached without a client's prodlens baggage, if any."""
+    stripped = environ.pop(_CONTEXT_KEY, None)
+    if stripped is not None:
+        _otel_detach(stripped)
 
 
 class ProdlensMiddleware:

@@ -15,7 +15,9 @@
    that host is all of payments) are *aliases*: one test, one finding, listing every
    description. Equal counts flag candidates; the count of both together confirms.
 4. Pairs are formed from distinct single subgroups that fail more than the rest, strongest
-   first, until ``top_pairs * (top_pairs - 1) / 2`` testable pairs are tested. A pair is
+   first, until ``top_pairs * (top_pairs - 1) / 2`` testable pairs are tested; a pair with
+   the units of one of its parts (a canary host and its version) or none is no test and
+   takes no slot, so one incident's many descriptions leave room for the next incident's. A pair is
    reported only as an *interaction*: when, beyond its own test, a one-sided Fisher test
    within each part (the pair against the part's other units) shows that it fails more often
    than that part, Bonferroni-adjusted over the pairs tested.
@@ -26,6 +28,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Final, Protocol
@@ -46,6 +49,8 @@ Item = tuple[str, str]
 #: Single subgroups considered for pairs at most, and equal-count pairs checked for aliases.
 _PAIR_POOL: Final = 64
 _ALIAS_CHECKS: Final = 2_000
+#: Pairs counted per query while the budget lasts.
+_PAIR_BATCH: Final = 64
 
 
 class Aggregates(Protocol):
@@ -211,11 +216,14 @@ def build_report(aggregates: Aggregates, options: SliceOptions, summary: InputSu
     pairs: list[_Tested] = []
     candidates = _pair_candidates(distinct)
     while len(pairs) < budget:
-        batch = [pair for _, pair in zip(range(budget - len(pairs)), candidates, strict=False)]
+        batch = list(itertools.islice(candidates, max(budget - len(pairs), _PAIR_BATCH)))
         if not batch:
             break
         for items, found in zip(batch, aggregates.subgroups(batch), strict=True):
-            if testable(found.units):
+            # A pair that is one of its parts (a host of the canary version, with that
+            # version) or empty says nothing new: it costs no test and no slot of the budget.
+            nested = any(found.units == by_item[item].units for item in items)
+            if testable(found.units) and not nested and len(pairs) < budget:
                 pairs.append(_Tested(items, found, total, total_failures))
 
     tested_count = len(singles) - merged_away + len(pairs)

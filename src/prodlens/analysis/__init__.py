@@ -32,6 +32,7 @@ from prodlens.analysis._clickhouse import (
 )
 from prodlens.analysis._embedded import EmbeddedAggregates
 from prodlens.analysis._model import (
+    ABSENT,
     OUTCOME_ATTRIBUTES,
     AffectedCustomer,
     AffectedReport,
@@ -45,6 +46,7 @@ from prodlens.analysis._reader import InputError, ReadProgress, read_requests
 from prodlens.analysis._slicing import build_report
 
 __all__ = [
+    "ABSENT",
     "OUTCOME_ATTRIBUTES",
     "AffectedCustomer",
     "AffectedReport",

@@ -49,6 +49,9 @@ Item = tuple[str, str]
 #: Single subgroups considered for pairs at most, and equal-count pairs checked for aliases.
 _PAIR_POOL: Final = 64
 _ALIAS_CHECKS: Final = 2_000
+#: Names an alias is shown by first, when it has as few values as the others.
+_PREFERRED: Final = ("service.name", "service.version", "deployment.environment.name",
+                     "cloud.region", "http.route", "span.name")
 #: Pairs counted per query while the budget lasts.
 _PAIR_BATCH: Final = 64
 
@@ -107,7 +110,8 @@ def _merge_aliases(rising: list[_Tested], aggregates: Aggregates,
     """One :class:`_Tested` per distinct unit set, the others listed as its aliases.
 
     The description kept first is the most general: a present value over absence, then the
-    attribute with fewer values (``service.version`` over ``host.name``), then by name.
+    attribute with fewer values (``service.version`` over ``host.name``), then the
+    conventional names of :data:`_PREFERRED` in their order, then by name.
     """
     by_counts: dict[tuple[int, int, int], list[_Tested]] = {}
     for tested in rising:
@@ -133,9 +137,10 @@ def _merge_aliases(rising: list[_Tested], aggregates: Aggregates,
             if a is not b:
                 parent[id(b)] = a
 
-    def preference(tested: _Tested) -> tuple[bool, int, tuple[Item, ...]]:
+    def preference(tested: _Tested) -> tuple[bool, int, int, tuple[Item, ...]]:
         key, value = tested.items[0]
-        return value == ABSENT, cardinality.get(key, 0), tested.items
+        rank = _PREFERRED.index(key) if key in _PREFERRED else len(_PREFERRED)
+        return value == ABSENT, cardinality.get(key, 0), rank, tested.items
 
     classes: dict[int, list[_Tested]] = {}
     for tested in rising:

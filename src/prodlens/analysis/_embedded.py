@@ -281,6 +281,16 @@ class EmbeddedAggregates(SignatureTable):
         found = self._resources[cache_key] = ResourceInfo(texts, candidates, cohorts)
         return found
 
+    def _answered_5xx(self, value: Any) -> bool:
+        """An HTTP status value is 5xx, as its text ``5dd`` would say."""
+        code = getattr(value, "intValue", None)  # OTLP/JSON writes int64 as a string
+        if code.__class__ is str:
+            return _is_5xx(code)
+        if isinstance(code, int):
+            return 500 <= code <= 599
+        text = value.stringValue
+        return _is_5xx(text if text.__class__ is str else str(self._text(value)))
+
     def _intern_status(self, key: str, values: dict[str, int], text: str) -> int:
         item = self._intern(key, values, text)
         if key in HTTP_STATUS_ATTRIBUTES and _is_5xx(text):
@@ -326,15 +336,17 @@ class EmbeddedAggregates(SignatureTable):
             if values is _IGNORED:
                 continue
             value = attribute.value
+            if values is _STATUS:  # a 5xx fails the unit; read as OTLP/JSON writes int64
+                if not error and value is not None:
+                    code = getattr(value, "intValue", None)
+                    error = (len(code) == 3 and code[0] == "5" and code.isdigit()
+                             if code.__class__ is str else self._answered_5xx(value))
+                continue
             text = value.stringValue if value is not None else None
             if text.__class__ is not str:
                 text = self._text(value)
             if values is _WANTED:
                 wanted[key] = text
-                continue
-            if values is _STATUS:
-                if not error and _is_5xx(text):
-                    error = True
                 continue
             if track:
                 wanted[key] = text

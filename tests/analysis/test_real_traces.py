@@ -100,6 +100,10 @@ def test_aliases_are_one_finding_listing_every_description(mesh_dir: Path) -> No
     assert {"http.route": "/charge"} in descriptions(payments)
     assert {"span.name": "POST /charge"} in descriptions(payments)
     assert {"k8s.deployment.name": "payments"} in descriptions(payments)
+    # the same counts on other units (each checkout has one unit in each service) is no alias
+    orders = find(report, {"http.route": "/orders"})
+    assert orders is not None and orders is not payments
+    assert (orders.units, orders.failures) == (payments.units, payments.failures)
     labels = [label for finding in report.findings for label in finding.labels()]
     assert len(labels) == len(set(labels))  # no description shows up twice
     assert "service.name=payments" in payments.labels()

@@ -96,6 +96,7 @@ class WindowAggregates:
         self._failures = 0
         self._failed_traces = 0
         self._index: dict[Item, list[Signature]] | None = None
+        self._customers: dict[Signature, set[str]] | None = None
 
     def add(self, bucket: Bucket) -> None:
         """A bucket enters the window (newest last)."""
@@ -123,6 +124,7 @@ class WindowAggregates:
             if row[0] <= 0:
                 del merged[signature]
         self._index = None
+        self._customers = None
 
     # -- the Aggregates protocol ------------------------------------------------------------
 
@@ -178,8 +180,25 @@ class WindowAggregates:
                 row = self._merged[signature]
                 units += row[0]
                 failures += row[1]
-            out.append((units, failures, len(self.customers(items))))
+            out.append((units, failures, len(self._window_customers(items))))
         return out
+
+    def _window_customers(self, items: Sequence[Item]) -> set[str]:
+        """Customers among the subgroup's failed units in the whole window (merged per
+        signature once per change of the window, then looked up through the index)."""
+        merged = self._customers
+        if merged is None:
+            merged = self._customers = {}
+            for bucket in self.buckets:
+                for signature, (_, failures, customers) in bucket.rows.items():
+                    if failures and customers:
+                        merged.setdefault(signature, set()).update(customers)
+        found: set[str] = set()
+        for signature in self._signatures(items):
+            customers = merged.get(signature)
+            if customers:
+                found |= customers
+        return found
 
     def affected(self) -> list[AffectedCustomer]:
         """Not asked of a window (``watch`` reads customers per subgroup instead)."""

@@ -28,6 +28,7 @@ from prodlens.analysis import (
 )
 from prodlens.analysis._clickhouse import ClickHouseAggregates
 from prodlens.analysis._slicing import build_report
+from prodlens.analysis._table import Counts
 from prodlens.incidents import IncidentManager, iso
 from prodlens.live._detect import Detector, Evaluation, Item
 from prodlens.live._watch import WatchOptions, watch_name
@@ -73,7 +74,7 @@ class ClickHouseView:
     def totals(self) -> tuple[int, int, int]:
         return self._aggregates.totals()
 
-    def subgroups(self, subgroups: Sequence[tuple[Item, ...]]) -> list[tuple[int, int, int]]:
+    def subgroups(self, subgroups: Sequence[tuple[Item, ...]]) -> list[Counts]:
         return self._aggregates.subgroups(subgroups)
 
     def customers(self, items: Sequence[Item], *, since: float = -math.inf) -> set[str]:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from prodlens.analysis import Finding, Report
+from prodlens.analysis._table import Counts
 from prodlens.incidents import Incident, IncidentManager, SubgroupStats, subgroup_key
 
 Item = tuple[str, str]
@@ -42,8 +43,8 @@ class WindowView(Protocol):
     def totals(self) -> tuple[int, int, int]:
         """(units, failed units, distinct failed traces) in the window."""
 
-    def subgroups(self, subgroups: Sequence[tuple[Item, ...]]) -> list[tuple[int, int, int]]:
-        """(units, failures, customers among failures) per subgroup."""
+    def subgroups(self, subgroups: Sequence[tuple[Item, ...]]) -> list[Counts]:
+        """Counts per subgroup."""
 
     def customers(self, items: Sequence[Item], *, since: float = ...) -> set[str]:
         """Customers with a failed unit in the subgroup, at ``since`` or later."""
@@ -125,9 +126,9 @@ class Detector:
         if any(keys_a.get(key, value) != value for key, value in b):
             return False  # one attribute, two values: disjoint
         both = tuple(sorted(set(a) | set(b)))
-        (_, fa, _), (_, fb, _), (_, fab, _) = window.subgroups([a, b, both])
-        smaller = min(fa, fb)
-        return smaller > 0 and fab >= _SAME_FAILURES * smaller
+        first_counts, second_counts, both_counts = window.subgroups([a, b, both])
+        smaller = min(first_counts.failures, second_counts.failures)
+        return smaller > 0 and both_counts.failures >= _SAME_FAILURES * smaller
 
     def _started(self, items: tuple[Item, ...], window: WindowView, rest_rate: float,
                  at: float) -> float:
@@ -213,7 +214,8 @@ class Detector:
     @staticmethod
     def _stats(items: tuple[Item, ...], window: WindowView) -> SubgroupStats:
         total, total_failures, _ = window.totals()
-        [(units, failures, _)] = window.subgroups([items])
+        [counts] = window.subgroups([items])
+        units, failures = counts.units, counts.failures
         rest = total - units
         return SubgroupStats(
             rate=failures / units if units else 0.0,

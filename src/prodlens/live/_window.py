@@ -24,12 +24,15 @@ from typing import Any
 
 from prodlens.analysis import Report, SliceOptions
 from prodlens.analysis._embedded import EmbeddedAggregates
-from prodlens.analysis._model import AffectedCustomer, InputSummary
+from prodlens.analysis._model import ABSENT, AffectedCustomer, InputSummary
 from prodlens.analysis._reader import ReadProgress
 from prodlens.analysis._slicing import build_report
+from prodlens.analysis._table import Counts
 
 Item = tuple[str, str]
 Signature = tuple[Item, ...]
+#: A signature's units, failures, customers and trace hashes among its failed units.
+BucketRow = tuple[int, int, frozenset[str], frozenset[int]]
 
 
 @dataclass(slots=True)
@@ -41,7 +44,8 @@ class Bucket:
         units: Units counted.
         failures: Failed units.
         failed_traces: Distinct traces among the failed units.
-        rows: Signature -> ``(units, failures, customers among the failed units)``.
+        rows: Signature -> ``(units, failures, customers among the failed units, hashes of
+            the traces among the failed units)``.
         dropped: Attributes the engine projected out as id-like in this bucket.
         pseudonymised: Customers were pseudonyms.
     """
@@ -50,12 +54,13 @@ class Bucket:
     units: int = 0
     failures: int = 0
     failed_traces: int = 0
-    rows: dict[Signature, tuple[int, int, frozenset[str]]] = field(default_factory=dict)
+    rows: dict[Signature, BucketRow] = field(default_factory=dict)
     dropped: frozenset[str] = frozenset()
     pseudonymised: bool = False
 
 
 _NO_CUSTOMERS: frozenset[str] = frozenset()
+_NO_TRACES: frozenset[int] = frozenset()
 
 
 def close_bucket(start: float, aggregates: EmbeddedAggregates) -> Bucket:
@@ -67,17 +72,25 @@ def close_bucket(start: float, aggregates: EmbeddedAggregates) -> Bucket:
     aggregates.finish()
     units, failures, failed_traces = aggregates.totals()
     items: Sequence[Item] = aggregates._items
-    rows: dict[Signature, tuple[int, int, frozenset[str]]] = {}
-    table: Mapping[tuple[int, ...], list[Any]] = aggregates._table
+    rows: dict[Signature, BucketRow] = {}
+    table: Mapping[tuple[int, ...], Any] = aggregates._table
     for signature, row in table.items():
-        if not row[0]:
+        if not row.units:
             continue
         key = tuple(sorted(items[item] for item in signature))
-        count, failed, customers = rows.get(key, (0, 0, _NO_CUSTOMERS))
-        rows[key] = (count + row[0], failed + row[1],
-                     customers | frozenset(row[2]) if row[2] else customers)
+        count, failed, customers, traces = rows.get(key, (0, 0, _NO_CUSTOMERS, _NO_TRACES))
+        rows[key] = (count + row.units, failed + row.failures,
+                     customers | frozenset(row.customers) if row.customers else customers,
+                     traces | frozenset(row.traces) if row.traces else traces)
     return Bucket(start, units, failures, failed_traces, rows,
                   frozenset(aggregates._dropped_keys), aggregates.pseudonymised)
+
+
+def _matches(signature: Signature, items: Sequence[Item]) -> bool:
+    """Whether a signature is in the subgroup (a value ``ABSENT``: the key is not there)."""
+    keys = {key for key, _ in signature}
+    return all((key not in keys) if value == ABSENT else (key, value) in signature
+               for key, value in items)
 
 
 class WindowAggregates:
@@ -96,7 +109,7 @@ class WindowAggregates:
         self._failures = 0
         self._failed_traces = 0
         self._index: dict[Item, list[Signature]] | None = None
-        self._customers: dict[Signature, set[str]] | None = None
+        self._failed: dict[Signature, tuple[set[str], set[int]]] | None = None
 
     def add(self, bucket: Bucket) -> None:
         """A bucket enters the window (newest last)."""
@@ -115,7 +128,7 @@ class WindowAggregates:
         self._failures += sign * bucket.failures
         self._failed_traces += sign * bucket.failed_traces
         merged = self._merged
-        for signature, (units, failures, _) in bucket.rows.items():
+        for signature, (units, failures, _, _) in bucket.rows.items():
             row = merged.get(signature)
             if row is None:
                 row = merged[signature] = [0, 0]
@@ -124,7 +137,7 @@ class WindowAggregates:
             if row[0] <= 0:
                 del merged[signature]
         self._index = None
-        self._customers = None
+        self._failed = None
 
     # -- the Aggregates protocol ------------------------------------------------------------
 
@@ -144,8 +157,8 @@ class WindowAggregates:
                 counts[key] = max(counts.get(key, 0), self.options.max_values + 1)
         return counts
 
-    def singles(self, keys: Iterable[str]) -> dict[Item, tuple[int, int]]:
-        """(units, failures) for every value of the given attributes."""
+    def singles(self, keys: Iterable[str]) -> dict[Item, Counts]:
+        """Counts for every value of the given attributes."""
         wanted = set(keys)
         out: dict[Item, list[int]] = {}
         for signature, (units, failures) in self._merged.items():
@@ -156,49 +169,64 @@ class WindowAggregates:
                         row = out[item] = [0, 0]
                     row[0] += units
                     row[1] += failures
-        return {item: (row[0], row[1]) for item, row in out.items()}
+        traces: dict[Item, set[int]] = {}
+        for signature, (_, failed_traces) in self._failed_sets().items():
+            for item in signature:
+                if item[0] in wanted:
+                    traces.setdefault(item, set()).update(failed_traces)
+        return {item: Counts(row[0], row[1], len(traces.get(item, ())))
+                for item, row in out.items()}
 
     def _signatures(self, items: Sequence[Item]) -> list[Signature]:
+        """The window's signatures in the subgroup (an ``ABSENT`` value: without the key)."""
         index = self._index
         if index is None:
             index = self._index = {}
             for signature in self._merged:
                 for item in signature:
                     index.setdefault(item, []).append(signature)
-        if not items:
-            return list(self._merged)
-        found = index.get(items[0], [])
-        rest = items[1:]
-        return [signature for signature in found if all(item in signature for item in rest)]
+        present = [item for item in items if item[1] != ABSENT]
+        absent = {item[0] for item in items if item[1] == ABSENT}
+        found = index.get(present[0], []) if present else list(self._merged)
+        rest = present[1:]
+        return [signature for signature in found
+                if all(item in signature for item in rest)
+                and not any(key in absent for key, _ in signature)]
 
-    def subgroups(self, subgroups: Sequence[tuple[Item, ...]]) -> list[tuple[int, int, int]]:
-        """(units, failures, customers among failures) per subgroup (AND of its items)."""
+    def _failed_sets(self) -> dict[Signature, tuple[set[str], set[int]]]:
+        """Customers and traces among failed units per signature over the window (merged
+        once per change of the window: sets cannot be subtracted when a bucket leaves)."""
+        failed = self._failed
+        if failed is None:
+            failed = self._failed = {}
+            for bucket in self.buckets:
+                for signature, (_, failures, customers, traces) in bucket.rows.items():
+                    if failures:
+                        entry = failed.get(signature)
+                        if entry is None:
+                            entry = failed[signature] = (set(), set())
+                        entry[0].update(customers)
+                        entry[1].update(traces)
+        return failed
+
+    def subgroups(self, subgroups: Sequence[tuple[Item, ...]]) -> list[Counts]:
+        """Counts per subgroup (the AND of its items), customers included."""
+        failed = self._failed_sets()
         out = []
         for items in subgroups:
             units = failures = 0
+            customers: set[str] = set()
+            traces: set[int] = set()
             for signature in self._signatures(items):
                 row = self._merged[signature]
                 units += row[0]
                 failures += row[1]
-            out.append((units, failures, len(self._window_customers(items))))
+                entry = failed.get(signature)
+                if entry is not None:
+                    customers |= entry[0]
+                    traces |= entry[1]
+            out.append(Counts(units, failures, len(traces), len(customers)))
         return out
-
-    def _window_customers(self, items: Sequence[Item]) -> set[str]:
-        """Customers among the subgroup's failed units in the whole window (merged per
-        signature once per change of the window, then looked up through the index)."""
-        merged = self._customers
-        if merged is None:
-            merged = self._customers = {}
-            for bucket in self.buckets:
-                for signature, (_, failures, customers) in bucket.rows.items():
-                    if failures and customers:
-                        merged.setdefault(signature, set()).update(customers)
-        found: set[str] = set()
-        for signature in self._signatures(items):
-            customers = merged.get(signature)
-            if customers:
-                found |= customers
-        return found
 
     def affected(self) -> list[AffectedCustomer]:
         """Not asked of a window (``watch`` reads customers per subgroup instead)."""
@@ -210,22 +238,20 @@ class WindowAggregates:
         """Customers with a failed unit inside the subgroup, in buckets starting at ``since``
         or later."""
         found: set[str] = set()
-        wanted = set(items)
         for bucket in self.buckets:
             if bucket.start < since:
                 continue
-            for signature, (_, failures, customers) in bucket.rows.items():
-                if failures and customers and wanted.issubset(signature):
+            for signature, (_, failures, customers, _) in bucket.rows.items():
+                if failures and customers and _matches(signature, items):
                     found |= customers
         return found
 
     def bucket_counts(self, items: Sequence[Item]) -> Iterator[tuple[float, int, int]]:
         """``(bucket start, units, failures)`` of the subgroup per bucket, oldest first."""
-        wanted = set(items)
         for bucket in self.buckets:
             units = failures = 0
-            for signature, (count, failed, _) in bucket.rows.items():
-                if wanted.issubset(signature):
+            for signature, (count, failed, _, _) in bucket.rows.items():
+                if _matches(signature, items):
                     units += count
                     failures += failed
             yield bucket.start, units, failures

@@ -94,7 +94,8 @@ class Traffic:
                     planted_customers |= customers
                 signature = tuple(sorted(((PLAN, plan), (REGION, region), ("http.route", route),
                                           ("span.name", f"GET {route}"))))
-                bucket.rows[signature] = (units, failures, customers)
+                traces = frozenset(rng.getrandbits(62) for _ in range(failures))
+                bucket.rows[signature] = (units, failures, customers, traces)
                 bucket.units += units
                 bucket.failures += failures
                 bucket.failed_traces += failures

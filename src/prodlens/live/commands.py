@@ -145,6 +145,9 @@ def add_commands(subparsers: Any) -> None:
     _add_ledger(parser)
     parser.add_argument("--status", action="store_true",
                         help="list the ledger's incidents and pending deliveries, and exit")
+    parser.add_argument("--poll", type=parse_duration, default=1.0, metavar="DURATION",
+                        help="wall-clock time between looks at the input when nothing new "
+                             "came (default: 1s)")
     parser.add_argument("--once", action="store_true",
                         help="read what is there, evaluate, deliver, and exit (no following)")
     parser.set_defaults(handler=_run_watch)
@@ -212,7 +215,7 @@ def _run_watch(args: argparse.Namespace) -> int:
         print("prodlens watch: --every must not be longer than --window", file=sys.stderr)
         return 2
     options = WatchOptions(
-        window=args.window, every=args.every, from_start=args.from_start,
+        window=args.window, every=args.every, from_start=args.from_start, poll=args.poll,
         slow_after=args.slower_than,
         slice=SliceOptions(filters=Filters(where=tuple(args.where)), min_units=args.min_units,
                            min_failures=args.min_failures, alpha=args.alpha),

@@ -21,6 +21,10 @@ table that nobody filled in for ``eu-west``, so every cart and checkout of those
 with a ``KeyError`` (HTTP 500). Everyone else is served, apart from a rare payment-gateway
 timeout (HTTP 502) that the traffic driver triggers with a test card.
 
+``prodlens demo --live`` deploys the bug and its fix while the shop runs: the shop starts with
+the bug switched off when ``DEMO_SHOP_OUTAGE=off``, and ``POST /_demo/outage`` with the body
+``on`` or ``off`` switches it (the new tax table without and with ``eu-west``).
+
 The server listens on 127.0.0.1 only. SIGINT or SIGTERM stops it cleanly, so the SDK's exit
 hook flushes every span; it also stops by itself when the process that started it goes away.
 """
@@ -65,6 +69,10 @@ TAX_RATES: Final = {"us-east": Decimal("0.07"), "us-west": Decimal("0.09"),
 #: The new checkout's tax table, migrated from the tax service: eu-west was forgotten.
 NEW_TAX_RATES: Final = {"us-east": Decimal("0.07"), "us-west": Decimal("0.09"),
                         "ap-south": Decimal("0.18")}
+#: eu-west's rate, once the fix has put it into the new tax table.
+FIXED_TAX_RATE: Final = Decimal("0.20")
+#: Set while the bug is deployed (the default; DEMO_SHOP_OUTAGE=off starts without it).
+OUTAGE: Final = threading.Event()
 #: The card the payment gateway never answers for (a test card of the gateway's sandbox).
 TIMEOUT_CARD: Final = "tok_gateway_timeout"
 
@@ -134,6 +142,8 @@ class Database:
 
 def _tax_rate(region: str, new_checkout: bool) -> Decimal:
     if new_checkout:
+        if not OUTAGE.is_set() and region == "eu-west":
+            return FIXED_TAX_RATE
         return NEW_TAX_RATES[region]  # KeyError for eu-west: the planted bug
     return TAX_RATES.get(region, Decimal("0"))
 
@@ -164,6 +174,17 @@ def create_app(database: Database) -> Flask:
     @app.get("/health")
     def health() -> Response:
         return jsonify(status="ok")
+
+    @app.post("/_demo/outage")
+    def outage() -> tuple[Response, int]:
+        wanted = request.get_data(as_text=True).strip()
+        if wanted not in ("on", "off"):
+            return jsonify(error="expected on or off"), 400
+        if wanted == "on":
+            OUTAGE.set()
+        else:
+            OUTAGE.clear()
+        return jsonify(outage=wanted), 200
 
     @app.get("/api/products")
     def products() -> Response:
@@ -254,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    if os.environ.get("DEMO_SHOP_OUTAGE", "on") != "off":
+        OUTAGE.set()
     workdir = Path(tempfile.mkdtemp(prefix="prodlens-shop-"))
     try:
         database = Database(args.db or workdir / "shop.sqlite3")

@@ -73,7 +73,10 @@ class _Writer:
         self.tracer = self.provider.get_tracer("bench")
         self.first_failure: dict[str, float] = {}
 
-    def write(self, start: float, stop: float, rps: float, planted_rate: float) -> None:
+    def write(self, start: float, stop: float, rps: float, planted_rate: float,
+              outage: bool = False) -> None:
+        """``rps`` requests a second of span time; ``outage``: failures in the subgroup are
+        the ones to be messaged (their first failure time is kept)."""
         second = start
         while second < stop:
             for _ in range(round(rps)):
@@ -82,7 +85,7 @@ class _Writer:
                 customer, plan, region = self.rng.choice(self.planted if in_planted
                                                          else self.others)
                 failed = self.rng.random() < (planted_rate if in_planted else 0.005)
-                if failed and in_planted:
+                if failed and in_planted and outage:
                     self.first_failure.setdefault(customer, at)
                 self._span(at, customer, plan, region, failed)
             self.processor.force_flush()
@@ -132,7 +135,7 @@ def detection(rps: float, seed: int, scratch: Path) -> dict[str, float | None]:
             step = 10.0
             start = onset
             while start < onset + outage:
-                writer.write(start, start + step, rps, 0.2)
+                writer.write(start, start + step, rps, 0.2, outage=True)
                 watcher.step()
                 start += step
             writer.write(onset + outage, onset + outage + 30, rps, 0.005)

@@ -13,6 +13,7 @@ once; nothing opens or resolves twice).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -58,6 +59,8 @@ class WatchOptions:
         every: Seconds of span time between evaluations (the bucket size).
         grace: Seconds of span time waited past a bucket's end for late spans.
         poll: Wall-clock seconds between looks at the files when nothing new was read.
+        recent: Seconds of span time of the recent window also evaluated (0: none); both
+            reports are tested at half of ``slice.alpha``.
         from_start: Read files that exist at start from their beginning.
         slow_after: Seconds after which a unit counts as failed (``--slower-than``), or None.
         slice: The engine's options (unit, filters, thresholds, ``alpha``).
@@ -66,12 +69,21 @@ class WatchOptions:
 
     window: float = 300.0
     every: float = 10.0
+    recent: float = 30.0
     grace: float = 5.0
     poll: float = 1.0
     from_start: bool = False
     slow_after: float | None = None
     slice: SliceOptions = field(default_factory=lambda: SliceOptions(alpha=1e-5))
     detect: DetectOptions = field(default_factory=DetectOptions)
+
+
+def tested_options(options: WatchOptions) -> SliceOptions:
+    """The engine's options for each report: half of ``alpha`` each when two windows are
+    ranked, so the family-wise level per evaluation stays ``alpha``."""
+    if 0 < options.recent < options.window:
+        return dataclasses.replace(options.slice, alpha=options.slice.alpha / 2)
+    return options.slice
 
 
 def watch_name(paths: Sequence[str]) -> str:
@@ -107,7 +119,9 @@ class Watcher:
         self._on_evaluation = on_evaluation
         self.name = watch_name([str(path) for path in paths])
         self.detector = Detector(manager, options.detect, every=options.every)
-        self.window = WindowAggregates(options.slice)
+        self.window = WindowAggregates(tested_options(options))
+        self.recent = (WindowAggregates(tested_options(options))
+                       if 0 < options.recent < options.window else None)
         self.builder = BucketBuilder(options.slice, options.every)
         self.progress: ReadProgress = self.builder.progress
         self._decode = load_decoder()
@@ -201,12 +215,15 @@ class Watcher:
             at = self._next * every
             self.window.add(bucket)
             self.window.evict_before(at - self.options.window)
+            if self.recent is not None:
+                self.recent.add(bucket)
+                self.recent.evict_before(at - self.options.recent)
             evaluations.append(self._evaluate(at))
         return evaluations
 
     def _evaluate(self, at: float) -> Evaluation:
         live = at > self.replay_until
-        evaluation = self.detector.evaluate(self.window, at, live=live)
+        evaluation = self.detector.evaluate(self.window, at, live=live, recent=self.recent)
         self.evaluations += 1
         self.last_evaluation = evaluation
         self._checkpoint(at)

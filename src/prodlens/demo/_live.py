@@ -155,7 +155,7 @@ def run_live(args: argparse.Namespace, out: Path, spans: Path, env: Mapping[str,
         def flush(self) -> None:
             pass
 
-    options = WatchOptions(window=WINDOW, every=EVERY, grace=1.0, poll=0.2,
+    options = WatchOptions(window=WINDOW, every=EVERY, recent=0.0, grace=1.0, poll=0.2,
                            detect=DetectOptions(resolve_after=RESOLVE_AFTER))
     watcher = Watcher([str(spans)], options, manager, out=_Out())  # type: ignore[arg-type]
     rng = random.Random(args.seed)

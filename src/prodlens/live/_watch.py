@@ -34,7 +34,6 @@ from prodlens.analysis._reader import (
 from prodlens.incidents import IncidentManager, Ledger, iso
 from prodlens.live._detect import DetectOptions, Detector, Evaluation
 from prodlens.live._follow import Follower
-from prodlens.live._slow import mark_slow
 from prodlens.live._window import BucketBuilder, WindowAggregates
 
 #: A span time further than this ahead of what was read so far is not trusted to move time.
@@ -131,6 +130,12 @@ class Watcher:
         self.replay_until = -math.inf
         self._slow_ns = (None if options.slow_after is None
                          else int(options.slow_after * 1_000_000_000))
+        self._mark_slow: Callable[[bytes, Any, int], int] | None = None
+        if self._slow_ns is not None:
+            # imports msgspec (the analyze extra), like the engine's reader: only when reading
+            from prodlens.live._slow import mark_slow
+
+            self._mark_slow = mark_slow
         self.evaluations = 0
         self.last_evaluation: Evaluation | None = None
         with self.ledger.write() as db:
@@ -197,8 +202,8 @@ class Watcher:
         assert self._next is not None
         index = max(self.builder.index(seconds), self._next)  # late: the oldest open bucket
         self.progress.line = line
-        if self._slow_ns is not None:
-            mark_slow(line, request, self._slow_ns)
+        if self._mark_slow is not None and self._slow_ns is not None:
+            self._mark_slow(line, request, self._slow_ns)
         try:
             self.builder.aggregates(index).consume(request, self.progress)
         except (KeyError, TypeError, AttributeError, ValueError) as error:

@@ -50,6 +50,9 @@ def test_bad_arguments_are_clear_errors(tmp_path: Path,
     assert main(["watch", str(tmp_path), "--notify", "ftp://x",
                  "--ledger", str(tmp_path / "l.sqlite3")]) == 2
     assert "--notify='ftp://x' (command line) is not valid" in capsys.readouterr().err
+    assert main(["watch", "--clickhouse", "http://127.0.0.1:9/", "--slower-than", "2s",
+                 "--ledger", str(tmp_path / "l.sqlite3")]) == 2
+    assert "--slower-than works on files only" in capsys.readouterr().err
     assert main(["incidents", "--ledger", str(tmp_path / "missing.sqlite3")]) == 2
     assert "no such ledger" in capsys.readouterr().err
     with pytest.raises(SystemExit):

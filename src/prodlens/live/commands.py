@@ -214,6 +214,10 @@ def _run_watch(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"prodlens watch: {error}", file=sys.stderr)
         return 2
+    if args.clickhouse and args.slower_than is not None:
+        print("prodlens watch: --slower-than works on files only (the ClickHouse SQL reads "
+              "span status, not durations)", file=sys.stderr)
+        return 2
     if args.every > args.window:
         print("prodlens watch: --every must not be longer than --window", file=sys.stderr)
         return 2

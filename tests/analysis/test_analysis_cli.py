@@ -117,6 +117,7 @@ def test_pseudonymised_customers_are_flagged(tmp_path: Path) -> None:
     assert [c["customer"] for c in report["customers"]] == ["p-0"]
     assert report["customers"][0]["failures"] == 4
     assert report["customers"][0]["requests"] == 8
+    assert report["counts"] == "requests (traces)"
 
 
 def test_errors_exit_2_with_a_clear_message(tmp_path: Path) -> None:

@@ -270,6 +270,8 @@ def render_affected_json(report: AffectedReport) -> str:
             for c in report.customers
         ],
         "pseudonymised": report.pseudonymised,
+        # what "failures" and "requests" count: a customer's traces, not per-service units
+        "counts": "requests (traces)",
         "input": {"spans": report.input.spans, "malformed": report.input.malformed,
                   "malformed_examples": list(report.input.malformed_examples)},
     }, ensure_ascii=False)

@@ -1,4 +1,4 @@
-"""The ``prodlens`` command: ``config``, ``slice``, ``affected``, ``demo``.
+"""The ``prodlens`` command: ``config``, ``slice``, ``affected``, ``demo``, ``rules``, ``notify``.
 
 Sub-commands live with what they drive; this module only dispatches, importing each lazily so
 ``prodlens config`` works with the core install alone.
@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_demo_commands(subparsers)
+    try:
+        from prodlens.alerting.commands import add_commands as add_alerting_commands
+    except ImportError:  # pragma: no cover
+        pass
+    else:
+        add_alerting_commands(subparsers)
     return parser
 
 

@@ -83,12 +83,13 @@ def _run_promtool(tmp_path: Path, options: RuleOptions, traffic: Traffic,
                           text=True, timeout=120, check=False)
 
 
-def _expect(cohorts: dict[str, str], ratio: str, rest: str) -> dict[str, object]:
+def _expect(cohorts: dict[str, str], ratio: str, rest: str, raw: tuple[str, str]
+            ) -> dict[str, object]:
     labels = {"job": "shop", "severity": "page", "prodlens_cohorts": ",".join(cohorts)}
     labels.update({f"prodlens_cohort_{name}": value for name, value in cohorts.items()})
     subgroup = " ∧ ".join(f"prodlens.cohort.{name}={value}" for name, value in cohorts.items())
     return {"exp_labels": labels, "exp_annotations": {
-        "subgroup": subgroup, "window": "1h",
+        "subgroup": subgroup, "window": "1h", "ratio": raw[0], "rest_ratio": raw[1],
         "summary": f"{subgroup} fails {ratio} of its requests to shop over 5m, the rest of "
                    f"the service {rest}"}}
 
@@ -114,9 +115,9 @@ def test_failing_pair_fires_for_the_pair_and_the_cohorts_it_drags_up(tmp_path: P
     # At 90m: the pair 30/60 = 50% vs 0.96/(60*3 + 12) = 0.5%; enterprise 30/120 = 25% vs
     # 0.96/132 = 0.7273%; eu 30.96/126 = 24.57% vs 0/126 = 0%. trial is quiet and clean.
     firing = [
-        _expect({"plan": "enterprise", "region": "eu"}, "50%", "0.5%"),
-        _expect({"plan": "enterprise"}, "25%", "0.7273%"),
-        _expect({"region": "eu"}, "24.57%", "0%"),
+        _expect({"plan": "enterprise", "region": "eu"}, "50%", "0.5%", ("0.5", "0.005")),
+        _expect({"plan": "enterprise"}, "25%", "0.7273%", ("0.25", "0.00727273")),
+        _expect({"region": "eu"}, "24.57%", "0%", ("0.245714", "0")),
     ]
     # At 62m the short window is over every threshold (20%) but the long one is not yet (the pair:
     # 60/3600 = 1.7% < 2%): multiwindow, nothing fires.
@@ -133,7 +134,7 @@ def test_failing_single_cohort_fires_for_it_alone(tmp_path: Path) -> None:
         return 60.0, 0.6 if plan == "free" else 0.0
 
     # enterprise 36/120 = 30% vs 1.2/132 = 0.9091%.
-    firing = [_expect({"plan": "enterprise"}, "30%", "0.9091%")]
+    firing = [_expect({"plan": "enterprise"}, "30%", "0.9091%", ("0.3", "0.00909091"))]
     _passes(_run_promtool(tmp_path, OPTIONS, traffic, firing))
 
 
@@ -155,9 +156,9 @@ def test_the_same_quiet_subgroup_fires_once_min_rate_allows_it(tmp_path: Path) -
                           min_rate=0.01)
     # A trial pair's rest holds the other trial pair: 1.2 / (4 * 60 + 1.2) = 0.4975%.
     firing = [
-        _expect({"plan": "trial", "region": "eu"}, "100%", "0.4975%"),
-        _expect({"plan": "trial", "region": "us"}, "100%", "0.4975%"),
-        _expect({"plan": "trial"}, "100%", "0%"),
+        _expect({"plan": "trial", "region": "eu"}, "100%", "0.4975%", ("1", "0.00497512")),
+        _expect({"plan": "trial", "region": "us"}, "100%", "0.4975%", ("1", "0.00497512")),
+        _expect({"plan": "trial"}, "100%", "0%", ("1", "0")),
     ]
     _passes(_run_promtool(tmp_path, options, _quiet_trial, firing))
 
@@ -175,6 +176,6 @@ def test_a_wrong_expectation_fails_promtool(tmp_path: Path) -> None:
     def traffic(plan: str, region: str, failing: bool) -> tuple[float, float]:
         return (6.0, 0.06) if plan == "trial" else (60.0, 0.6)
 
-    result = _run_promtool(tmp_path, OPTIONS, traffic, [_expect({"plan": "free"}, "1%", "1%")])
+    result = _run_promtool(tmp_path, OPTIONS, traffic, [_expect({"plan": "free"}, "1%", "1%", ("0.01", "0.01"))])
     assert result.returncode != 0
     assert "FAILED" in result.stdout + result.stderr

@@ -236,9 +236,10 @@ def _alert(subgroup: Subgroup, options: RuleOptions) -> dict[str, object]:
     # The rest's ratio is read back with a template query on the same labels.
     selector = ", ".join(f'{label}="%s"' for label in ("job", *subgroup.labels))
     arguments = " ".join(f"$labels.{label}" for label in ("job", *subgroup.labels))
-    rest = (f"{{{{ with printf `{level}:prodlens_rest_failure_ratio:rate{options.short_window}"
-            f"{{{selector}}}` {arguments} | query }}}}"
-            "{{ . | first | value | humanizePercentage }}{{ end }}")
+    query = (f"printf `{level}:prodlens_rest_failure_ratio:rate{options.short_window}"
+             f"{{{selector}}}` {arguments} | query")
+    rest = f"{{{{ with {query} }}}}{{{{ . | first | value | humanizePercentage }}}}{{{{ end }}}}"
+    rest_ratio = f'{{{{ with {query} }}}}{{{{ . | first | value | printf "%.6g" }}}}{{{{ end }}}}'
     description = subgroup.subgroup_template()
     summary = (f"{description} fails {{{{ $value | humanizePercentage }}}} of its requests "
                f"to {{{{ $labels.job }}}} over {options.short_window}, the rest of the "
@@ -253,6 +254,9 @@ def _alert(subgroup: Subgroup, options: RuleOptions) -> dict[str, object]:
             "summary": summary,
             SUBGROUP_ANNOTATION: description,
             WINDOW_ANNOTATION: options.long_window,
+            # The two ratios as numbers, for the receiver's operator payload.
+            "ratio": '{{ $value | printf "%.6g" }}',
+            "rest_ratio": rest_ratio,
         },
     }
 

@@ -68,7 +68,56 @@ def add_commands(subparsers: Any) -> None:
                        help="the PrometheusRule's namespace (prometheus-operator format)")
     rules.add_argument("--dashboard", action="store_true",
                        help="print a Grafana dashboard (JSON) over these rules instead")
+    rules.add_argument("--inhibit-rules", action="store_true",
+                       help="print Alertmanager inhibit_rules instead: a firing pair mutes the "
+                            "alerts of its two cohorts")
     rules.set_defaults(handler=run_rules)
+
+    notify = subparsers.add_parser(
+        "notify", help="receive Alertmanager's webhook and message the affected customers",
+        description="An Alertmanager webhook receiver (POST /alertmanager, payload version 4). "
+        "For each firing ProdlensSubgroupFailing alert it reads the subgroup's failed units over "
+        "the alert's window from the span store and notifies operators and the customers "
+        "inside it through the ledger prodlens watch uses; resolved alerts send the resolve. "
+        "Replicas may share one ledger.",
+    )
+    notify.add_argument("--listen", default="127.0.0.1:9099", metavar="HOST:PORT",
+                        help="where to listen (default: 127.0.0.1:9099); anything but loopback "
+                             "needs --token")
+    notify.add_argument("--token", default=None,
+                        help="bearer token Alertmanager must send (default: "
+                             "PRODLENS_NOTIFY_TOKEN)")
+    store = notify.add_argument_group("span store")
+    store.add_argument("--spans", action="append", default=[], metavar="PATH",
+                       help="OTLP/JSON files or directories, repeatable")
+    store.add_argument("--clickhouse", metavar="URL",
+                       help="the Collector's ClickHouse instead, e.g. "
+                            "http://user:pw@host:8123/?database=otel")
+    store.add_argument("--table", default="otel_traces",
+                       help="[database.]table in ClickHouse (default: otel_traces)")
+    store.add_argument("--customer-attribute", action="append", metavar="ATTR",
+                       help="attribute holding the customer, repeatable, first present wins")
+    store.add_argument("--window", default="1h", metavar="DURATION",
+                       help="spans read back from the alert's start when it has no window "
+                            "annotation (default: 1h)")
+    store.add_argument("--cohort", action="append", default=[], metavar="NAME",
+                       help="cohort names, to map labels without prodlens_cohorts back "
+                            "(default: the configured cohorts)")
+    out = notify.add_argument_group("notifications (as prodlens watch)")
+    out.add_argument("--notify", action="append", default=[], metavar="URL",
+                     help="operator webhook, repeatable (also PRODLENS_NOTIFY_URL)")
+    out.add_argument("--notify-command", action="append", default=[], metavar="CMD",
+                     help="operator command, the JSON on stdin, repeatable")
+    out.add_argument("--notify-customers", metavar="URL",
+                     help="customer-messaging webhook (also PRODLENS_NOTIFY_CUSTOMERS_URL)")
+    out.add_argument("--customer-template", metavar="FILE",
+                     help="the customer message template")
+    out.add_argument("--ledger", default=None, metavar="FILE",
+                     help="the SQLite ledger, shareable by replicas "
+                          "(default: ./prodlens-ledger.sqlite3)")
+    out.add_argument("--dry-run", action="store_true",
+                     help="print what would be sent; send nothing")
+    notify.set_defaults(handler=run_notify)
 
 
 def rule_options(args: argparse.Namespace) -> Any:
@@ -96,15 +145,30 @@ def rule_options(args: argparse.Namespace) -> Any:
 def run_rules(args: argparse.Namespace) -> int:
     """Handler of ``prodlens rules``; returns the exit status (2 on bad options)."""
     from prodlens.alerting.dashboard import render_dashboard
-    from prodlens.alerting.rules import RulesError, render_rules
+    from prodlens.alerting.rules import RulesError, render_inhibit_rules, render_rules
     from prodlens.config import ConfigError
 
     try:
         options = rule_options(args)
-        text = (render_dashboard(options) if args.dashboard else
-                render_rules(options, args.format, name=args.name, namespace=args.namespace))
+        if args.dashboard:
+            text = render_dashboard(options)
+        elif args.inhibit_rules:
+            text = render_inhibit_rules(options)
+        else:
+            text = render_rules(options, args.format, name=args.name, namespace=args.namespace)
     except (RulesError, ConfigError) as error:
         print(f"prodlens rules: {error}", file=sys.stderr)
         return 2
     sys.stdout.write(text)
     return 0
+
+
+def run_notify(args: argparse.Namespace) -> int:
+    """Handler of ``prodlens notify``: serve until interrupted; 2 on bad options."""
+    from prodlens.alerting.serve import NotifyError, serve
+
+    try:
+        return serve(args)
+    except NotifyError as error:
+        print(f"prodlens notify: {error}", file=sys.stderr)
+        return 2

@@ -306,6 +306,35 @@ def render_rules(options: RuleOptions, output_format: str = "prometheus",
     raise RulesError(f"--format {output_format!r}: expected prometheus or prometheus-operator")
 
 
+def inhibit_rules(options: RuleOptions) -> list[dict[str, object]]:
+    """Alertmanager ``inhibit_rules``: while a pair's alert fires, its two cohorts' alerts for
+    the same values (which the failing pair drags up) are muted.
+
+    Example::
+
+        >>> rules = inhibit_rules(RuleOptions(pairs=(("plan", "region"),)))
+        >>> [rule["target_matchers"][1] for rule in rules]
+        ['prodlens_cohorts="plan"', 'prodlens_cohorts="region"']
+    """
+    rules: list[dict[str, object]] = []
+    for subgroup in options.subgroups:
+        if len(subgroup.cohorts) < 2:
+            continue
+        for name, label in zip(subgroup.cohorts, subgroup.labels, strict=True):
+            rules.append({
+                "source_matchers": [f'alertname="{ALERT_NAME}"',
+                                    f'{COHORTS_LABEL}="{",".join(subgroup.cohorts)}"'],
+                "target_matchers": [f'alertname="{ALERT_NAME}"', f'{COHORTS_LABEL}="{name}"'],
+                "equal": ["job", label],
+            })
+    return rules
+
+
+def render_inhibit_rules(options: RuleOptions) -> str:
+    """:func:`inhibit_rules` as the YAML block to paste into alertmanager.yml."""
+    return dump({"inhibit_rules": inhibit_rules(options)})
+
+
 def parse_pair(text: str) -> tuple[str, str]:
     """``--pair plan,region`` → ``("plan", "region")``."""
     parts = tuple(part.strip() for part in text.split(","))

@@ -1,4 +1,5 @@
-"""The ``prodlens`` command: ``config``, ``slice``, ``affected``, ``demo``, ``rules``, ``notify``.
+"""The ``prodlens`` command: ``config``, ``slice``, ``affected``, ``watch``, ``incidents``,
+``demo``, ``rules``, ``notify``.
 
 Sub-commands live with what they drive; this module only dispatches, importing each lazily so
 ``prodlens config`` works with the core install alone.
@@ -56,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_analysis_commands(subparsers)
+    try:
+        from prodlens.live.commands import add_commands as add_live_commands
+    except ImportError:  # pragma: no cover
+        pass
+    else:
+        add_live_commands(subparsers)
     try:
         from prodlens.demo.commands import add_commands as add_demo_commands
     except ImportError:  # pragma: no cover

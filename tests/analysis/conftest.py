@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from prodlens.analysis.synthetic import SyntheticTraces, generate
+from prodlens.analysis.synthetic import MeshTraces, SyntheticTraces, generate, generate_mesh
 
 
 @pytest.fixture(scope="session")
@@ -18,3 +18,16 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> SyntheticTraces:
 @pytest.fixture(scope="session")
 def planted_dir(planted: SyntheticTraces) -> Path:
     return planted.paths[0].parent
+
+
+@pytest.fixture(scope="session")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> MeshTraces:
+    """4,000 requests through five services: the payments canary failing 25%, search failing
+    30% for free ap-south customers, handled 404s and database deadlocks, id-like attributes."""
+    return generate_mesh(tmp_path_factory.mktemp("mesh"), traces=4000, seed=1,
+                         second_incident=True)
+
+
+@pytest.fixture(scope="session")
+def mesh_dir(mesh: MeshTraces) -> Path:
+    return mesh.paths[0].parent

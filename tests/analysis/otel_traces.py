@@ -125,15 +125,20 @@ def rows_from_otlp(paths: list[Path], style: str = "proto") -> list[dict[str, An
     return rows
 
 
-def load_into_chdb(session: Any, paths: list[Path], scratch: Path, style: str = "proto") -> int:
-    """Create ``otel.otel_traces`` with the exporter's DDL and insert the spans; returns rows."""
+def load_into_chdb(session: Any, paths: list[Path], scratch: Path, style: str = "proto",
+                   table: str = "otel.otel_traces") -> int:
+    """Create ``otel.otel_traces`` with the exporter's DDL (and ``table`` like it) and insert
+    the spans into ``table``; returns rows."""
     session.query("CREATE DATABASE IF NOT EXISTS otel")
     session.query(TRACES_TABLE_SQL)
+    if table != "otel.otel_traces":
+        session.query(f"CREATE DATABASE IF NOT EXISTS {table.split('.')[0]}")
+        session.query(f"CREATE TABLE IF NOT EXISTS {table} AS otel.otel_traces")
     rows = rows_from_otlp(paths, style)
-    staging = scratch / "rows.jsonl"
+    staging = scratch / f"rows-{table}.jsonl"
     staging.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
     session.query(
-        "INSERT INTO otel.otel_traces (Timestamp, TraceId, SpanId, ParentSpanId, TraceState, "
+        f"INSERT INTO {table} (Timestamp, TraceId, SpanId, ParentSpanId, TraceState, "
         "SpanName, SpanKind, ServiceName, ResourceAttributes, ScopeName, ScopeVersion, "
         "SpanAttributes, Duration, StatusCode, StatusMessage, `Events.Timestamp`, "
         "`Events.Name`, `Events.Attributes`) "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,33 +15,42 @@ import pytest
 from prodlens.analysis.synthetic import SyntheticTraces
 
 
-def prodlens(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+def prodlens(*args: str, stdin: bytes | None = None, env: dict[str, str] | None = None
+             ) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "prodlens", *args], input=None if stdin is None
-                          else stdin.decode(), capture_output=True, text=True, timeout=120)
+                          else stdin.decode(), capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
 
 
 def test_slice_table(planted_dir: Path) -> None:
-    result = prodlens("slice", str(planted_dir))
+    result = prodlens("slice", str(planted_dir), env={"COLUMNS": "100"})
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""  # no progress bar when stderr is not a terminal
     lines = result.stdout.splitlines()
     assert lines[0].startswith("failures concentrate in prodlens.cohort.region=eu-west ∧ "
                                "service.version=2.3.0: ")
     assert lines[0].endswith("customers affected")
-    header, rule = lines[2], lines[3]
-    assert header.split() == ["subgroup", "units", "failures", "rate", "rest", "lift",
-                              "p", "(adj.)", "customers", "note"]
+    header = lines[2]
+    assert header.split() == ["subgroup", "units", "failed", "rate", "rest", "lift",
+                              "p", "(adj.)", "customers"]
     block = lines[4:lines.index("", 4)]
-    rows = [row for row in block if not row.startswith("  ")]  # continuation lines wrap pairs
-    # names are never cut: every finding's label is there whole, wrapped at its ∧ if needed
-    text = " ".join(line.split("  ")[0].strip() if not line.startswith("  ") else line.strip()
-                    for line in block)
+    # the interaction's parts on their own lines, whole (names are never cut), then its mark
+    assert block[0].split()[0] == "prodlens.cohort.region=eu-west"
+    assert block[1:3] == ["∧ service.version=2.3.0", "(interaction)"]
     assert "…" not in "\n".join(block)
-    assert "prodlens.cohort.region=eu-west ∧ service.version=2.3.0" in text
     # numbers are right-aligned: every row ends its "customers" column where the header does
     end = header.index("customers") + len("customers")
-    assert all(row[end - 1].isdigit() and (len(row) == end or row[end] == " ") for row in rows)
-    assert set(rule) <= {"-", " "}
+    rows = [row for row in block if len(row) > end - 1 and row[end - 1].isdigit()]
+    assert len(rows) >= 3
+    assert all(len(row) == end for row in rows)
+    assert max(len(line) for line in lines[1:]) <= 100  # the verdict stays one line
+
+
+def test_slice_table_fits_80_columns_and_shows_tiny_p_values(tmp_path: Path,
+                                                              planted_dir: Path) -> None:
+    result = prodlens("slice", str(planted_dir), env={"COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    assert max(len(line) for line in result.stdout.splitlines()[1:]) <= 80
 
 
 def test_slice_json(planted_dir: Path) -> None:
@@ -51,7 +61,10 @@ def test_slice_json(planted_dir: Path) -> None:
     top = report["findings"][0]
     assert top["subgroup"] == {"prodlens.cohort.region": "eu-west", "service.version": "2.3.0"}
     assert set(top) >= {"subgroup", "units", "failures", "rate", "rest_rate", "lift", "p_value"}
-    assert report["test"] == "one-sided Fisher exact test, Bonferroni-corrected"
+    assert report["test"].startswith("one-sided Fisher exact test on counts divided by each "
+                                     "subgroup's own design effect")
+    assert report["failure"] == "root"
+    assert top["design_effect"] == 1.0 and top["aliases"] == []
 
 
 def test_slice_csv_and_flags(planted_dir: Path) -> None:

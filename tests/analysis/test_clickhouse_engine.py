@@ -18,8 +18,10 @@ from typing import Any
 import pytest
 from chdb import session as chdb_session
 from otel_traces import load_into_chdb
+from otlp_lines import line, span, write
 
 from prodlens.analysis import (
+    ABSENT,
     ClickHouseError,
     Filters,
     SliceOptions,
@@ -29,7 +31,7 @@ from prodlens.analysis import (
     slice_clickhouse,
     slice_failures,
 )
-from prodlens.analysis.synthetic import SyntheticTraces
+from prodlens.analysis.synthetic import MeshTraces, SyntheticTraces
 
 TABLE = "otel.otel_traces"
 
@@ -154,3 +156,82 @@ def test_newer_enum_spelling(loaded: Any, planted_dir: Path) -> None:
                         "CSV").bytes() != b"0\n"
     sql = slice_clickhouse(chdb_query(loaded), table="short.otel_traces")
     assert sql.findings == slice_failures([planted_dir]).findings
+
+
+# -- realistic traces: every behaviour of the embedded engine, the same in SQL ----------------
+
+
+@pytest.fixture(scope="module")
+def mesh_table(loaded: Any, mesh: MeshTraces, tmp_path_factory: pytest.TempPathFactory) -> str:
+    rows = load_into_chdb(loaded, list(mesh.paths), tmp_path_factory.mktemp("chdb-mesh"),
+                          table="mesh.otel_traces")
+    assert rows == mesh.spans
+    return "mesh.otel_traces"
+
+
+MESH_OPTIONS = [
+    SliceOptions(),
+    SliceOptions(failure="any-span"),
+    SliceOptions(unit="trace"),
+    SliceOptions(unit="trace", failure="any-span"),
+    SliceOptions(unit="span", top_pairs=3),
+    SliceOptions(filters=Filters(where=(("service.name", "search", False),))),
+]
+
+
+@pytest.mark.parametrize("options", MESH_OPTIONS,
+                         ids=["root", "any-span", "trace", "trace-any", "span", "where"])
+def test_same_report_on_real_traces(loaded: Any, mesh_table: str, mesh_dir: Path,
+                                    options: SliceOptions) -> None:
+    embedded = slice_failures([mesh_dir], options)
+    sql = slice_clickhouse(chdb_query(loaded), options, table=mesh_table)
+    assert (sql.units, sql.failures, sql.tested) == (embedded.units, embedded.failures,
+                                                     embedded.tested)
+    assert sql.findings == embedded.findings
+    assert sql.skipped_attributes == embedded.skipped_attributes
+    assert embedded.findings and any(f.aliases for f in embedded.findings)
+
+
+def test_same_verdict_second_incident_and_aliases(loaded: Any, mesh_table: str) -> None:
+    sql = slice_clickhouse(chdb_query(loaded), table=mesh_table)
+    assert dict(sql.findings[0].subgroup) == {"service.version": "1.5.0"}
+    assert any(f.interaction and f.subgroup.get("prodlens.cohort.plan") == "free"
+               for f in sql.findings)
+
+
+@pytest.mark.parametrize("failure", ["root", "any-span"])
+def test_same_affected_requests_on_real_traces(loaded: Any, mesh_table: str, mesh: MeshTraces,
+                                              mesh_dir: Path, failure: str,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from prodlens.analysis import _embedded
+
+    options = SliceOptions(failure=failure)  # type: ignore[arg-type]
+    sql = affected_clickhouse(chdb_query(loaded), options, table=mesh_table)
+    monkeypatch.setattr(_embedded, "_TABLE_BUDGET", 100)  # the account cohort dropped midway
+    embedded = affected_customers([mesh_dir], options)
+    assert sql.customers == embedded.customers
+    if failure == "root":
+        assert {c.customer: c.failures for c in sql.customers} == mesh.failures
+
+
+def test_same_answers_on_absence_and_5xx_roots(loaded: Any, tmp_path: Path) -> None:
+    spans = []
+    for n in range(600):
+        attributes: dict[str, object] = {"plan": "pro" if n % 2 else "free"}
+        if n < 100:
+            attributes["feature.flag"] = "on"
+        if n >= 200:
+            attributes["cache.hit"] = "true"
+        if 100 <= n < 110:
+            attributes["cache.hit"] = "x" * 300  # too long: no value, as if absent
+        failing = (n < 100 and n % 4 == 0) or (100 <= n < 200 and n % 3 == 0) or n % 50 == 0
+        attributes["http.response.status_code"] = 503 if failing and n % 2 else 200
+        spans.append(span(n, n + 1, attributes, error=failing and not n % 2))
+    path = write(tmp_path / "spans.jsonl", [line("svc", spans)])
+    load_into_chdb(loaded, [path], tmp_path, table="absent.otel_traces")
+    embedded = slice_failures([path])
+    sql = slice_clickhouse(chdb_query(loaded), table="absent.otel_traces")
+    assert (sql.units, sql.failures) == (embedded.units, embedded.failures) == (600, 68)
+    assert sql.findings == embedded.findings
+    found = [dict(f.subgroup) for f in embedded.findings]
+    assert {"feature.flag": "on"} in found and {"cache.hit": ABSENT} in found

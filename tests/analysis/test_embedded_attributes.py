@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from prodlens.analysis import SliceOptions, affected_customers, slice_failures
+from prodlens.analysis._model import ABSENT
 
 
 def attribute(key: str, value: Any) -> dict[str, Any]:
@@ -55,6 +56,8 @@ def test_overrides_int_values_and_long_values(tmp_path: Path) -> None:
     assert [(dict(f.subgroup), f.units, f.failures, f.customers) for f in report.findings] == [
         ({"prodlens.cohort.tier": "3"}, 50, 50, 5),
         ({"cloud.region": "us-east"}, 40, 40, 4),
+        # a value too long to be a subgroup value counts as no value: absence is a value
+        ({"cloud.region": ABSENT}, 10, 10, 1),
     ]
     affected = {c.customer: dict(c.cohorts) for c in affected_customers([tmp_path]).customers}
     assert affected == {**{f"cust-a{n}": {"prodlens.cohort.tier": ("3",)} for n in range(4)},

@@ -18,9 +18,10 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from prodlens.analysis._clickhouse import (
     ClickHouseAggregates,
@@ -31,6 +32,7 @@ from prodlens.analysis._clickhouse import (
 )
 from prodlens.analysis._embedded import EmbeddedAggregates
 from prodlens.analysis._model import (
+    ABSENT,
     OUTCOME_ATTRIBUTES,
     AffectedCustomer,
     AffectedReport,
@@ -44,6 +46,7 @@ from prodlens.analysis._reader import InputError, ReadProgress, read_requests
 from prodlens.analysis._slicing import build_report
 
 __all__ = [
+    "ABSENT",
     "OUTCOME_ATTRIBUTES",
     "AffectedCustomer",
     "AffectedReport",
@@ -72,15 +75,30 @@ def _as_list(paths: Paths) -> list[str | os.PathLike[str]]:
     return list(paths)
 
 
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while the engine runs, and restore it as found.
+
+    The aggregates hold no reference cycles; the collector would only rescan them over and over
+    as parsed requests churn through (it doubled the run time). It is re-enabled only if it was
+    enabled, and whatever happens, so a host that turned it off keeps it off and one that did
+    not gets it back even when reading fails.
+    """
+    collecting = gc.isenabled()
+    if collecting:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
 def _scan(paths: Paths, options: SliceOptions, *, track_customers: bool,
           show_progress: bool) -> tuple[EmbeddedAggregates, InputSummary]:
     progress = ReadProgress()
     aggregates = EmbeddedAggregates(options, track_customers=track_customers)
-    # The aggregates hold no reference cycles; the cyclic collector would only rescan them
-    # over and over as parsed requests churn through (it doubled the run time).
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
+    with _collector_paused():
         for where, request in read_requests(_as_list(paths), progress,
                                             show_progress=show_progress):
             try:
@@ -88,13 +106,12 @@ def _scan(paths: Paths, options: SliceOptions, *, track_customers: bool,
             except (KeyError, TypeError, AttributeError, ValueError) as error:
                 progress.bad_request(where, error)
         aggregates.finish()
-    finally:
-        if collecting:
-            gc.enable()
     notes = []
     if aggregates.orphan_groups:
-        notes.append(f"{aggregates.orphan_groups:,} (trace, service) groups held ERROR spans "
-                     "but no root span; they are not counted")
+        # (only under --failure any-span; groups whose root --where/--since left out are not
+        # counted: they were filtered, not missing)
+        notes.append(f"{aggregates.orphan_groups:,} groups held ERROR spans but no root span; "
+                     "they are not counted")
     summary = InputSummary(
         spans=progress.spans, lines=progress.lines, malformed=progress.malformed,
         malformed_examples=tuple(progress.examples), notes=tuple(notes),
@@ -129,9 +146,11 @@ def slice_failures(paths: Paths, options: SliceOptions | None = None, *,
 
 def affected_customers(paths: Paths, options: SliceOptions | None = None, *,
                        show_progress: bool = False) -> AffectedReport:
-    """List the customers who saw at least one failed unit, reading OTLP/JSON files.
+    """List the customers who saw at least one failed request, reading OTLP/JSON files.
 
-    Only ``options.unit``, ``options.filters`` and ``options.customer_attributes`` matter here.
+    A request is a trace: ``requests`` and ``failures`` count a customer's traces, so one
+    failure that crossed three services counts once. Only ``options.unit``,
+    ``options.failure``, ``options.filters`` and ``options.customer_attributes`` matter here.
 
     Example::
 

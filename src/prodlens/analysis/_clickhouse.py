@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 from prodlens.analysis._model import (
+    ABSENT,
+    HTTP_STATUS_ATTRIBUTES,
     MAX_VALUE_CHARS,
     PSEUDONYM_KEYS,
     ROUTE_ATTRIBUTE,
@@ -30,6 +32,7 @@ from prodlens.analysis._model import (
     SliceOptions,
     is_candidate_key,
 )
+from prodlens.analysis._table import Counts
 
 #: Runs one SQL statement and returns its rows (JSONEachRow, parsed).
 QueryFunction = Callable[[str], list[dict[str, Any]]]
@@ -128,16 +131,24 @@ class ClickHouseAggregates:
         since = options.filters.since_ns
         errors_since = (f" AND toUnixTimestamp64Nano(Timestamp) >= {int(since)}"
                         if since is not None else "")
+        # a span answered 5xx: what failure=root counts besides ERROR
+        answered_5xx = " OR ".join(
+            f"match(SpanAttributes[{quote(key)}], '^5[0-9][0-9]$')"
+            for key in HTTP_STATUS_ATTRIBUTES
+        )
+        own = f"({_ERROR} OR {answered_5xx})" if options.failure == "root" else f"({_ERROR})"
         if options.unit == "root":
             where = f"(ParentSpanId = '' OR {_ROOT_KIND})"
-            failed = (f"({_ERROR} OR (TraceId, ServiceName) IN (SELECT TraceId, ServiceName "
-                      f"FROM {table} WHERE {_ERROR}{errors_since}))")
+            failed = own if options.failure == "root" else (
+                f"({_ERROR} OR (TraceId, ServiceName) IN (SELECT TraceId, ServiceName "
+                f"FROM {table} WHERE {_ERROR}{errors_since}))")
         elif options.unit == "trace":
             where = "ParentSpanId = ''"
-            failed = f"({_ERROR} OR TraceId IN (SELECT TraceId FROM {table} WHERE {_ERROR}))"
+            failed = own if options.failure == "root" else (
+                f"({_ERROR} OR TraceId IN (SELECT TraceId FROM {table} WHERE {_ERROR}))")
         else:
             where = "1"
-            failed = f"({_ERROR})"
+            failed = own
         conditions = [where]
         if since is not None:
             conditions.append(f"toUnixTimestamp64Nano(Timestamp) >= {int(since)}")
@@ -189,44 +200,53 @@ class ClickHouseAggregates:
                                 self.options.customer_attributes)
         }
 
-    def singles(self, keys: Iterable[str]) -> dict[Item, tuple[int, int]]:
-        """(units, failures) per value of the given attributes."""
+    def singles(self, keys: Iterable[str]) -> dict[Item, Counts]:
+        """Counts per value of the given attributes."""
         wanted = sorted(keys)
         if not wanted:
             return {}
         rows = self._run(
-            "SELECT k, v, count() AS n, countIf(failed) AS f FROM units ARRAY JOIN "
+            "SELECT k, v, count() AS n, countIf(failed) AS f, "
+            "uniqExactIf(trace_id, failed) AS t FROM units ARRAY JOIN "
             "mapKeys(attrs) AS k, mapValues(attrs) AS v WHERE k IN "
             f"({', '.join(quote(k) for k in wanted)}) AND lengthUTF8(v) <= {MAX_VALUE_CHARS} "
             "GROUP BY k, v"
         )
-        return {(str(r["k"]), str(r["v"])): (int(r["n"]), int(r["f"])) for r in rows}
+        return {(str(r["k"]), str(r["v"])): Counts(int(r["n"]), int(r["f"]), int(r["t"]))
+                for r in rows}
 
-    def subgroups(self, subgroups: Sequence[tuple[Item, ...]]) -> list[tuple[int, int, int]]:
-        """(units, failures, customers among failures) per subgroup, in one query."""
+    def subgroups(self, subgroups: Sequence[tuple[Item, ...]]) -> list[Counts]:
+        """Counts (with customers among failures) per subgroup, in one query; a value
+        :data:`ABSENT` means units without the attribute (as long values count as absent in
+        the embedded engine, so they do here)."""
         if not subgroups:
             return []
         columns = []
         for index, items in enumerate(subgroups):
             cond = " AND ".join(
+                f"NOT (mapContains(attrs, {quote(k)}) AND lengthUTF8(attrs[{quote(k)}]) <= "
+                f"{MAX_VALUE_CHARS})" if v == ABSENT else
                 f"(mapContains(attrs, {quote(k)}) AND attrs[{quote(k)}] = {quote(v)})"
                 for k, v in items
             )
             columns.append(
                 f"countIf({cond}) AS n{index}, countIf(failed AND {cond}) AS f{index}, "
+                f"uniqExactIf(trace_id, failed AND {cond}) AS t{index}, "
                 f"uniqExactIf(customer, failed AND customer != '' AND {cond}) AS c{index}"
             )
         row = self._run(f"SELECT {', '.join(columns)} FROM units")[0]
-        return [(int(row[f"n{i}"]), int(row[f"f{i}"]), int(row[f"c{i}"]))
+        return [Counts(int(row[f"n{i}"]), int(row[f"f{i}"]), int(row[f"t{i}"]),
+                       int(row[f"c{i}"]))
                 for i in range(len(subgroups))]
 
     def affected(self) -> list[AffectedCustomer]:
-        """Customers with at least one failed unit, most failures first."""
+        """Customers with at least one failed request (trace), most failures first."""
         from prodlens import attributes
 
         prefix = quote(attributes.DEFAULT_COHORT_PREFIX)
         rows = self._run(
-            "SELECT customer, count() AS requests, countIf(failed) AS failures, "
+            "SELECT customer, uniqExact(trace_id) AS requests, "
+            "uniqExactIf(trace_id, failed) AS failures, "
             "minIf(start_ns, failed) AS first_ns, maxIf(start_ns, failed) AS last_ns, "
             "groupUniqArrayIf(operation, failed) AS operations, "
             "groupUniqArrayArrayIf(arrayFilter(kv -> startsWith(kv.1, "

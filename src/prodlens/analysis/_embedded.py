@@ -1,37 +1,40 @@
-"""The embedded engine: stream OTLP/JSON lines and aggregate units as they complete.
+"""The embedded engine: stream OTLP/JSON requests and aggregate units as they complete.
+
+Three parts, each in its own place: reading and decoding lines (:mod:`._reader`), turning a
+span into a :class:`Unit` (here), and counting units in a table by their signature
+(:mod:`._table`). ``--failure any-span`` also groups spans until a unit's outcome is known
+(:mod:`._grouping`). Anything that hands :meth:`EmbeddedAggregates.consume` decoded requests
+(files, or a live window) gets the same report from :func:`._slicing.build_report`.
 
 Memory stays bounded as the input grows:
 
-* Only local root spans and spans with an ERROR status are looked at closely; other spans are
-  counted and dropped.
-* A unit is finalised when its (trace, service) group leaves a window of ``max_open_groups``
-  open groups (oldest first) or at the end of input. One service's spans of one trace are
-  exported together by its process (the SDK exports children before the root ends), so the
-  window only needs to span a few seconds of traffic, not the whole input.
+* Only local root spans (and, under ``any-span``, spans with an ERROR status) are looked at
+  closely; other spans are counted and dropped.
 * Units are counted in a table keyed by their *signature*, the sorted tuple of their candidate
-  ``(attribute, value)`` pairs, each pair interned as a small int (:mod:`._table`); units with
-  equal signatures share one row. Attributes with more than ``max_values`` distinct values (ids
-  in disguise) are projected out, which merges rows: in ``slice`` as soon as a unit's own span
-  attributes show that many, and in any case when the table outgrows its budget (50,000 rows).
+  ``(attribute, value)`` pairs, each pair interned as a small int; units with equal signatures
+  share one row. Attributes with more than ``max_values`` distinct values (ids in disguise) are
+  projected out, which merges rows: in ``slice`` as soon as a unit's own span attributes show
+  that many, and in any case when the table outgrows its budget (50,000 rows to start).
 
 Speed: decoding each line is the floor, so the work past it is kept small. The reader decodes
 into msgspec Structs (:mod:`._otlp`) that hold only the fields read here, with attributes left
-as raw JSON: a span that is neither a local root nor an ERROR costs four attribute reads and no
-parsing of its attributes. A root's attributes are decoded (a second, typed decode of just
-them) and turned into text only when they are candidates (or the customer, or needed by
-``--where``); a resource's attributes are converted once per distinct resource, not once per
-span; a unit is counted in its row when it is made, so closing a group that did not fail costs
-a check per unit; per-value statistics are computed at the end over the aggregated table.
+as raw JSON: a span that is not a local root costs three attribute reads and no parsing of its
+attributes. A root's attributes are decoded (a second, typed decode of just them) and turned
+into text only when they are candidates (or the customer, or needed by ``--where``); a
+resource's attributes are converted once per distinct resource, not once per span; a unit is
+counted in its row when it is made; per-value statistics are computed at the end over the
+aggregated table.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from prodlens import attributes
+from prodlens.analysis._grouping import OpenGroups
 from prodlens.analysis._model import (
+    HTTP_STATUS_ATTRIBUTES,
     MAX_VALUE_CHARS,
     PSEUDONYM_KEYS,
     ROUTE_ATTRIBUTE,
@@ -41,16 +44,10 @@ from prodlens.analysis._model import (
     is_candidate_key,
 )
 from prodlens.analysis._reader import ReadProgress, load_otlp
-from prodlens.analysis._table import Signature, SignatureTable
+from prodlens.analysis._table import Row, Signature, SignatureTable
 
 if TYPE_CHECKING:  # msgspec is imported through load_otlp, when files are read
     from prodlens.analysis._otlp import ExportRequest, Resource, Span
-
-#: A unit waiting for its group to close: (signature, own ERROR, epoch, customer, pseudonymous,
-#: start ns, operation, trace id, the table row it was counted in).
-_Record = tuple[Signature, bool, int, str, bool, int, str, str, list[Any]]
-#: A resource's attributes as text, its candidate items (attribute -> item id), its service.
-_Resource = tuple[dict[str, str], dict[str, int], str]
 
 _ROOT_KINDS: Final = frozenset({2, 5, "SPAN_KIND_SERVER", "SPAN_KIND_CONSUMER"})
 _ERROR_CODES: Final = frozenset({2, "STATUS_CODE_ERROR"})
@@ -61,7 +58,66 @@ _SIGNATURE_CACHE: Final = 16_384
 _NO_SPAN: Final = object()
 # Roles of an attribute name that is not a candidate (compared by identity, never filled):
 _IGNORED: Final[dict[str, int]] = {}  # not needed at all
-_WANTED: Final[dict[str, int]] = {}  # its text is needed: a customer attribute, or the route
+_WANTED: Final[dict[str, int]] = {}  # its text is needed: a customer attribute, the route...
+_STATUS: Final[dict[str, int]] = {}  # an HTTP status: a 5xx fails the unit (failure=root)
+
+
+class Unit:
+    """One unit, counted in its row when made; its failure is settled when it closes.
+
+    Attributes:
+        signature: Its candidate items (sorted item ids), as of ``epoch``.
+        error: Its own root span failed (ERROR, or 5xx under ``failure=root``).
+        epoch: The table's epoch when the signature was made (see :mod:`._table`).
+        row: The row it was counted in.
+        trace: Hash of its trace id (failed traces are counted by it).
+        customer: The customer, or ``""``.
+        start: Start time (Unix nanoseconds).
+        operation: Route or span name (``affected`` only).
+        cohorts: Cohort attribute -> value (``affected`` only; read whatever the table keeps).
+    """
+
+    __slots__ = ("cohorts", "customer", "epoch", "error", "operation", "row", "signature",
+                 "start", "trace")
+
+    def __init__(self, signature: Signature, error: bool, epoch: int, row: Row, trace: int,
+                 customer: str, start: int, operation: str, cohorts: dict[str, str] | None
+                 ) -> None:
+        self.signature = signature
+        self.error = error
+        self.epoch = epoch
+        self.row = row
+        self.trace = trace
+        self.customer = customer
+        self.start = start
+        self.operation = operation
+        self.cohorts = cohorts
+
+
+class _ResourceInfo:
+    """A resource's attributes converted once: text, candidate items, service, cohorts."""
+
+    __slots__ = ("cohorts", "items", "service", "texts")
+
+    def __init__(self, texts: dict[str, str], items: dict[str, int], cohorts: dict[str, str]
+                 ) -> None:
+        self.texts = texts
+        self.items = items
+        self.service = texts.get("service.name", "")
+        self.cohorts = cohorts
+
+
+class _Customer:
+    """What ``affected`` keeps of a customer with failures."""
+
+    __slots__ = ("cohorts", "failed_traces", "first", "last", "operations")
+
+    def __init__(self, start: int) -> None:
+        self.failed_traces: set[int] = set()
+        self.first = start
+        self.last = start
+        self.operations: set[str] = set()
+        self.cohorts: dict[str, set[str]] = {}
 
 
 def _position(spans: Any, span: Any) -> int:
@@ -74,21 +130,26 @@ def _position(spans: Any, span: Any) -> int:
     return 0
 
 
+def _is_5xx(text: str) -> bool:
+    return len(text) == 3 and text[0] == "5" and text.isdigit()
+
+
 class EmbeddedAggregates(SignatureTable):
     """Streams requests in, keeps aggregate counts; answers the questions the report asks."""
 
     # Slots: the hot paths read a dozen attributes per root span, and a slot is the quickest
     # read (an instance dict with more than 30 keys stops sharing them, and every read slows).
-    __slots__ = ("_attributes", "_cohort_prefix", "_customer_attributes", "_decode_list",
-                 "_detail", "_eager", "_fresh", "_groups", "_missing", "_requests", "_resources",
-                 "_roles", "_rows_by_order", "_since", "_sorted", "_span_attributes", "_text",
-                 "_track", "_until", "_where", "orphan_groups", "pseudonymised")
+    __slots__ = ("_attributes", "_by_root", "_cohort_prefix", "_customer_attributes",
+                 "_customers", "_decode_list", "_eager", "_fresh", "_groups", "_missing",
+                 "_requests", "_resources", "_roles", "_rows_by_order", "_since", "_sorted",
+                 "_span_attributes", "_status_items", "_text", "_track", "_until", "_where",
+                 "pseudonymised")
 
     def __init__(self, options: SliceOptions, *, track_customers: bool = False) -> None:
         super().__init__(options, _TABLE_BUDGET)
         self.pseudonymised = False
-        self.orphan_groups = 0
         self._track = track_customers
+        self._by_root = options.failure == "root"
         otlp = load_otlp()
         self._attributes = otlp.Attributes()
         self._span_attributes = self._attributes.span
@@ -96,115 +157,128 @@ class EmbeddedAggregates(SignatureTable):
         self._decode_list = self._attributes.decode_list
         # absent traceId (not null): msgspec fills in this sentinel, and a unit needs the id
         self._missing: object = otlp.MISSING
-        # attribute -> its value -> item id table if it is a candidate, else _IGNORED/_WANTED
+        # attribute -> its value -> item id table if it is a candidate, else a role above
         self._roles: dict[str, dict[str, int]] = {}
         self._customer_attributes = options.customer_attributes
         self._since = options.filters.since_ns
         self._until = options.filters.until_ns
         self._where = options.filters.where
         # resource attributes (their raw JSON) -> converted once; cleared when keys are dropped
-        self._resources: dict[bytes, _Resource] = {}
+        self._resources: dict[bytes, _ResourceInfo] = {}
         # a unit's items in attribute order -> its signature (sorted); see _record
         self._sorted: dict[tuple[int, ...], Signature] = {}
         # ... and -> (its signature, its row) while no attribute is dropped (rows are merged).
         # Two caches, not one: the sorted signature outlives a drop, and at 20k traces, where
         # the table's drop comes late, one cache cleared at each drop made slice 6% slower.
-        self._rows_by_order: dict[tuple[int, ...], tuple[Signature, list[Any]]] = {}
+        self._rows_by_order: dict[tuple[int, ...], tuple[Signature, Row]] = {}
         # slice only (affected lists cohort values of every attribute): values first seen on a
         # unit's own span attributes, per attribute; past max_values it is id-like for sure
         self._eager = not track_customers
         self._fresh: dict[str, int] = {}
-        self._groups: dict[Any, list[Any]] = {}
-        self._requests: dict[str, int] = {}
-        self._detail: dict[str, list[Any]] = {}
+        # items of an HTTP status attribute made a candidate (--no-default-excludes) with a
+        # 5xx value: they fail a root under failure=root as the _STATUS role does
+        self._status_items: set[int] = set()
+        self._groups: OpenGroups[Unit] = OpenGroups(options.max_open_groups, self._add_unit)
+        # customer -> hashes of their traces, and what affected lists of their failures
+        self._requests: dict[str, set[int]] = {}
+        self._customers: dict[str, _Customer] = {}
         self._cohort_prefix = attributes.DEFAULT_COHORT_PREFIX
+
+    @property
+    def orphan_groups(self) -> int:
+        """Groups with ERROR spans but no root that passed the filters (``any-span`` only)."""
+        return self._groups.orphans
 
     # -- streaming -------------------------------------------------------------------------
 
     def consume(self, request: ExportRequest, progress: ReadProgress) -> None:
         """Add one ``ExportTraceServiceRequest``. Raises on a structurally broken request."""
-        roots = self.options.unit == "root"
+        unit = self.options.unit
         for resource_spans in request.resourceSpans:
             resource = self._resource(resource_spans.resource)
             for scope_spans in resource_spans.scopeSpans or ():
                 spans = scope_spans.spans or ()
-                if roots:
+                if unit == "root" and self._by_root:
                     self._consume_roots(spans, resource, progress)
                 else:
                     self._consume_other(spans, resource, progress)
-        if len(self._groups) > self.options.max_open_groups:
-            self._flush_oldest(len(self._groups) // 2)
+        self._groups.trim()
 
-    def _consume_roots(self, spans: Sequence[Span], resource: _Resource,
+    def _consume_roots(self, spans: Sequence[Span], resource: _ResourceInfo,
                        progress: ReadProgress) -> None:
-        # The hot loop (--unit root): most spans are neither local roots nor ERRORs and leave
-        # after four attribute reads, in the order the cheap checks short-circuit.
-        groups = self._groups
-        service = resource[2]
+        # The hot loop (--unit root, --failure root): a unit is its local root span alone, so
+        # every other span leaves after three attribute reads.
         missing = self._missing
         span: Any = _NO_SPAN
         try:
             for span in spans:
-                status = span.status
-                error = status.get("code") in _ERROR_CODES if status else False
                 if (span.parentSpanId and span.kind not in _ROOT_KINDS
                         and (span.flags & _REMOTE_PARENT) != _REMOTE_PARENT):
-                    if not error:
-                        continue
-                    is_root = False
-                else:
-                    is_root = True
-                trace = span.traceId
-                if trace is missing:
+                    continue
+                if span.traceId is missing:
                     raise KeyError("traceId")
-                key = (trace, service)
-                group = groups.get(key)
-                if group is None:
-                    group = groups[key] = [error]
-                elif error:
-                    group[0] = True
-                if is_root:
-                    record = self._record(resource, span, error)
-                    if record is not None:
-                        group.append(record)
+                status = span.status
+                unit = self._record(resource, span,
+                                    status.get("code") in _ERROR_CODES if status else False)
+                if unit is not None:
+                    self._add_unit(unit, unit.error)
         except BaseException:
             progress.spans += _position(spans, span)
             raise
         progress.spans += len(spans)
 
-    def _consume_other(self, spans: Sequence[Span], resource: _Resource,
+    def _consume_other(self, spans: Sequence[Span], resource: _ResourceInfo,
                        progress: ReadProgress) -> None:
+        unit_kind = self.options.unit
+        by_root = self._by_root
         groups = self._groups
-        by_trace = self.options.unit == "trace"
         span: Any = _NO_SPAN
         try:
             for span in spans:
                 status = span.status
                 error = status.get("code") in _ERROR_CODES if status else False
-                parent = span.parentSpanId
-                if not by_trace:
-                    record = self._record(resource, span, error)
-                    if record is not None:
-                        self._add_unit(record, error)
+                if unit_kind == "span":
+                    unit = self._record(resource, span, error)
+                    if unit is not None:
+                        self._add_unit(unit, unit.error)
                     continue
-                if parent and not error:
+                if unit_kind == "root":
+                    is_root = not (span.parentSpanId and span.kind not in _ROOT_KINDS
+                                   and (span.flags & _REMOTE_PARENT) != _REMOTE_PARENT)
+                else:
+                    is_root = not span.parentSpanId
+                if by_root:  # --unit trace: the trace's root span decides
+                    if is_root:
+                        if span.traceId is self._missing:
+                            raise KeyError("traceId")
+                        unit = self._record(resource, span, error)
+                        if unit is not None:
+                            self._add_unit(unit, unit.error)
                     continue
-                key = span.traceId
-                if key is self._missing:
+                if not is_root and not error:
+                    continue
+                trace = span.traceId
+                if trace is self._missing:
                     raise KeyError("traceId")
-                group = groups.get(key)
-                if group is None:
-                    group = groups[key] = [error]
-                elif error:
-                    group[0] = True
-                if not parent:
-                    record = self._record(resource, span, error)
-                    if record is not None:
-                        group.append(record)
+                if not is_root and not self._in_window(span):
+                    continue  # an ERROR outside --since/--until fails no unit that is counted
+                group = groups.get((trace, resource.service) if unit_kind == "root" else trace,
+                                   error)
+                if is_root:
+                    unit = self._record(resource, span, error)
+                    if unit is None:
+                        group.filtered = True
+                    else:
+                        group.units.append(unit)
         except BaseException:
             progress.spans += _position(spans, span)
             raise
         progress.spans += len(spans)
+
+    def _in_window(self, span: Span) -> bool:
+        start = int(span.startTimeUnixNano or 0)
+        return not ((self._since is not None and start < self._since)
+                    or (self._until is not None and start >= self._until))
 
     def _role(self, key: str) -> dict[str, int]:
         """Decide once per attribute name whether it is a candidate or otherwise wanted."""
@@ -219,6 +293,11 @@ class EmbeddedAggregates(SignatureTable):
     def _non_candidate(self, key: str) -> dict[str, int]:
         if key in self._customer_attributes or (self._track and key == ROUTE_ATTRIBUTE):
             return _WANTED
+        if self._by_root and key in HTTP_STATUS_ATTRIBUTES:
+            return _STATUS
+        if (self._track and key.startswith(self._cohort_prefix)
+                and is_candidate_key(key, self.options.exclude, self._customer_attributes)):
+            return _WANTED  # a cohort dropped from the table: affected still lists it
         return _IGNORED
 
     def _count_fresh(self, key: str) -> None:
@@ -229,7 +308,7 @@ class EmbeddedAggregates(SignatureTable):
         if fresh > self.options.max_values:
             self._drop({key})
 
-    def _resource(self, resource: Resource | None) -> _Resource:
+    def _resource(self, resource: Resource | None) -> _ResourceInfo:
         """A resource's converted attributes, cached by their JSON text: many spans and lines
         share a resource."""
         cache_key = bytes(resource.attributes) if resource is not None else b""
@@ -238,20 +317,34 @@ class EmbeddedAggregates(SignatureTable):
             return found
         texts = self._attributes.resource(cache_key)
         candidates: dict[str, int] = {}
+        cohorts: dict[str, str] = {}
         roles = self._roles
         for key, text in texts.items():
             values = roles.get(key)
             if values is None:
                 values = self._role(key)
-            if values is not _IGNORED and values is not _WANTED and len(text) <= MAX_VALUE_CHARS:
+            candidate = values is not _IGNORED and values is not _WANTED and values is not _STATUS
+            if (self._track and key.startswith(self._cohort_prefix)
+                    and key not in self._customer_attributes
+                    and (candidate or values is _WANTED)):
+                cohorts[key] = text
+            if not candidate:
+                continue
+            if len(text) <= MAX_VALUE_CHARS:
                 item = values.get(text)
                 candidates[key] = item if item is not None else self._intern(key, values, text)
         if len(self._resources) >= _RESOURCE_CACHE:
             self._resources.clear()
-        found = self._resources[cache_key] = (texts, candidates, texts.get("service.name", ""))
+        found = self._resources[cache_key] = _ResourceInfo(texts, candidates, cohorts)
         return found
 
-    def _record(self, resource: _Resource, span: Span, error: bool) -> _Record | None:
+    def _intern_status(self, key: str, values: dict[str, int], text: str) -> int:
+        item = self._intern(key, values, text)
+        if key in HTTP_STATUS_ATTRIBUTES and _is_5xx(text):
+            self._status_items.add(item)
+        return item
+
+    def _record(self, resource: _ResourceInfo, span: Span, error: bool) -> Unit | None:
         # The hot path past decoding: only candidate and wanted attributes are turned into text,
         # and the signature is built from interned ints on a copy of the resource's items.
         start = int(span.startTimeUnixNano or 0)
@@ -259,7 +352,7 @@ class EmbeddedAggregates(SignatureTable):
             return None
         if self._until is not None and start >= self._until:
             return None
-        resource_attributes, resource_items, _ = resource
+        resource_attributes = resource.texts
         name = str(span.name)
         raw = span.attributes
         try:  # the typed decoder directly; Attributes.span reads other shapes the loose way
@@ -277,7 +370,7 @@ class EmbeddedAggregates(SignatureTable):
         track = self._track
         # span attributes override resource attributes of the same name, as ClickHouse's
         # mapUpdate(ResourceAttributes, SpanAttributes) does; span.name overrides both
-        items = resource_items.copy()
+        items = resource.items.copy()
         wanted: dict[str, str] = {}
         # (subscripts in try blocks, not .get(): a miss is rare here, and a subscript is a
         # specialised instruction where .get() is a method call)
@@ -296,7 +389,11 @@ class EmbeddedAggregates(SignatureTable):
             if values is _WANTED:
                 wanted[key] = text
                 continue
-            if track and key == ROUTE_ATTRIBUTE:
+            if values is _STATUS:
+                if not error and _is_5xx(text):
+                    error = True
+                continue
+            if track:
                 wanted[key] = text
             try:
                 item = values[text]
@@ -304,27 +401,31 @@ class EmbeddedAggregates(SignatureTable):
                 if len(text) > MAX_VALUE_CHARS:
                     items.pop(key, None)
                     continue
-                item = self._intern(key, values, text)
+                item = self._intern_status(key, values, text)
                 if self._eager and key != SPAN_NAME_ATTRIBUTE:
                     self._count_fresh(key)
             items[key] = item
+        if self._status_items and self._by_root and not error:
+            error = not self._status_items.isdisjoint(items.values())
         customer = ""
-        pseudo = False
         for attribute_name in self._customer_attributes:
             found = wanted.get(attribute_name) or resource_attributes.get(attribute_name)
             if found:
                 customer = found
-                pseudo = attribute_name in PSEUDONYM_KEYS
+                if attribute_name in PSEUDONYM_KEYS:
+                    self.pseudonymised = True
                 break
         operation = ""
+        cohorts = None
         if track:
             operation = (wanted.get(ROUTE_ATTRIBUTE) or resource_attributes.get(ROUTE_ATTRIBUTE)
                          or name)
+            cohorts = self._cohorts(resource, wanted)
         try:
             values = roles[SPAN_NAME_ATTRIBUTE]
         except KeyError:
             values = self._role(SPAN_NAME_ATTRIBUTE)
-        if values is not _IGNORED and values is not _WANTED:
+        if values is not _IGNORED and values is not _WANTED and values is not _STATUS:
             try:
                 items[SPAN_NAME_ATTRIBUTE] = values[name]
             except KeyError:
@@ -338,9 +439,9 @@ class EmbeddedAggregates(SignatureTable):
         # signatures share one tuple (table lookups then match it by identity).
         in_order = tuple(items.values())
         # The unit is counted now, while its signature is fresh in the CPU cache; whether it
-        # failed is settled when its group closes (_add_unit). A new signature gets a row that
-        # stays provisional until one of its units closes, so the table grows and is shrunk
-        # exactly as if every unit were counted at its group's close (see _open_row).
+        # failed is settled when it closes (_add_unit). A new signature gets a row that stays
+        # provisional until one of its units closes, so the table grows and is shrunk exactly
+        # as if every unit were counted at its close (see SignatureTable._open_row).
         known = self._rows_by_order.get(in_order)
         if known is not None and epoch == self._epoch:
             signature, row = known
@@ -356,80 +457,74 @@ class EmbeddedAggregates(SignatureTable):
                 signature = self._project(signature)
                 epoch = self._epoch
             table = self._table
-            row = table.get(signature) or table.setdefault(signature, [0, 0, None, False])
+            row = table.get(signature) or table.setdefault(signature, Row())
             if not dropped:  # (its items in order still hold the dropped attribute's item)
                 if len(self._rows_by_order) >= _SIGNATURE_CACHE:
                     self._rows_by_order.clear()
                 self._rows_by_order[in_order] = (signature, row)
         self.units += 1
-        row[0] += 1
-        if pseudo:
-            self.pseudonymised = True
+        row.units += 1
+        trace_hash = hash("" if trace is self._missing else str(trace))
         if track and customer:
-            self._requests[customer] = self._requests.get(customer, 0) + 1
-        return (signature, error, epoch, customer, pseudo, start, operation,
-                "" if trace is self._missing else str(trace), row)
+            seen = self._requests.get(customer)
+            if seen is None:
+                seen = self._requests[customer] = set()
+            seen.add(trace_hash)
+        return Unit(signature, error, epoch, row, trace_hash, customer, start, operation,
+                    cohorts)
 
-    def _flush_oldest(self, count: int) -> None:
-        groups = self._groups
-        for key in list(itertools.islice(groups, count)):
-            group = groups.pop(key)
-            if len(group) == 2 and not group[0]:  # the usual group: one root, no ERROR
-                record = group[1]
-                if not record[1] and record[2] == self._epoch and record[8][3]:
-                    continue  # as _close_group would: counted in a row that has closed
-            self._close_group(group)
+    def _cohorts(self, resource: _ResourceInfo, wanted: dict[str, str]) -> dict[str, str]:
+        """A unit's cohort values as ClickHouse sees them: span attributes over the resource's,
+        then values too long to be a subgroup value left out."""
+        prefix = self._cohort_prefix
+        merged = dict(resource.cohorts)
+        for key, text in wanted.items():
+            if key.startswith(prefix) and key not in self._customer_attributes:
+                merged[key] = text
+        return {key: text for key, text in merged.items() if len(text) <= MAX_VALUE_CHARS}
 
     def finish(self) -> None:
-        """Finalise every open group (call at the end of input)."""
-        for group in self._groups.values():
-            self._close_group(group)
-        self._groups = {}
+        """Close every open group (call at the end of input)."""
+        self._groups.finish()
 
-    def _close_group(self, group: list[Any]) -> None:
-        # [group has an ERROR, record, record, ...]
-        failed = group[0]
-        if len(group) == 1:
-            if failed:
-                self.orphan_groups += 1
-            return
-        for record in itertools.islice(group, 1, None):
-            # else: counted in a row that a unit has closed into, and it did not fail
-            if failed or record[1] or record[2] != self._epoch or not record[8][3]:
-                self._add_unit(record, failed or record[1])
-
-    def _add_unit(self, record: _Record, failed: bool) -> None:
+    def _add_unit(self, unit: Unit, failed: bool) -> None:
         """Close a unit counted by ``_record``: settle its row, and add its failure if any."""
-        signature = record[0]
-        row = record[8]
-        if record[2] != self._epoch:  # made before attributes were projected out: its row has
-            signature = self._project(signature)  # been merged into the projected one
+        row = unit.row
+        if not failed and row.closed and unit.epoch == self._epoch:
+            return  # the usual unit: counted in a row that has closed, and it did not fail
+        signature = unit.signature
+        if unit.epoch != self._epoch:  # made before attributes were projected out: its row
+            signature = self._project(signature)  # has been merged into the projected one
             row = self._table[signature]
-        if not row[3]:
+        if not row.closed:
             signature, row = self._open_row(signature)
         if not failed:
             return
-        customer = record[3]
+        customer = unit.customer
+        trace = unit.trace
         self.failures += 1
-        self._failed_traces.add(hash(record[7]))  # ints: ~3x smaller than the ids
-        row[1] += 1
+        self._failed_traces.add(trace)
+        row.failures += 1
+        if row.traces is None:
+            row.traces = set()
+        row.traces.add(trace)
         if customer:
-            if row[2] is None:
-                row[2] = set()
-            row[2].add(customer)
-        if self._track and customer:
-            start = record[5]
-            detail = self._detail.get(customer)
-            if detail is None:
-                detail = self._detail[customer] = [0, start, start, set(), {}]
-            detail[0] += 1
-            detail[1] = min(detail[1], start)
-            detail[2] = max(detail[2], start)
-            detail[3].add(record[6])
-            for item in signature:
-                key, value = self._items[item]
-                if key.startswith(self._cohort_prefix):
-                    detail[4].setdefault(key, set()).add(value)
+            if row.customers is None:
+                row.customers = set()
+            row.customers.add(customer)
+            if self._track:
+                self._add_failure(customer, unit)
+
+    def _add_failure(self, customer: str, unit: Unit) -> None:
+        detail = self._customers.get(customer)
+        if detail is None:
+            detail = self._customers[customer] = _Customer(unit.start)
+        detail.failed_traces.add(unit.trace)
+        detail.first = min(detail.first, unit.start)
+        detail.last = max(detail.last, unit.start)
+        detail.operations.add(unit.operation)
+        for key, value in (unit.cohorts or {}).items():
+            detail.cohorts.setdefault(key, set()).add(value)
 
     def _drop(self, too_many: set[str]) -> None:
         """Project id-like attributes out of the table and of every unit still to come."""
@@ -440,18 +535,19 @@ class EmbeddedAggregates(SignatureTable):
         super()._drop(too_many)
 
     def affected(self) -> list[AffectedCustomer]:
-        """Customers with at least one failed unit, most failures first."""
+        """Customers with at least one failed request (trace), most failures first."""
         rows = [
             AffectedCustomer(
                 customer=customer,
-                failures=detail[0],
-                requests=self._requests.get(customer, detail[0]),
-                first_failure_ns=detail[1],
-                last_failure_ns=detail[2],
-                operations=tuple(sorted(detail[3])),
-                cohorts={key: tuple(sorted(values)) for key, values in sorted(detail[4].items())},
+                failures=len(detail.failed_traces),
+                requests=len(self._requests.get(customer, detail.failed_traces)),
+                first_failure_ns=detail.first,
+                last_failure_ns=detail.last,
+                operations=tuple(sorted(detail.operations)),
+                cohorts={key: tuple(sorted(values))
+                         for key, values in sorted(detail.cohorts.items())},
             )
-            for customer, detail in self._detail.items()
+            for customer, detail in self._customers.items()
         ]
         rows.sort(key=lambda row: (-row.failures, row.customer))
         return rows

@@ -11,6 +11,15 @@ from prodlens import attributes
 
 Unit = Literal["root", "span", "trace"]
 UNITS: Final[tuple[Unit, ...]] = ("root", "span", "trace")
+#: ``root``: a unit failed when its root span (the request's entry in that service) is ERROR
+#: or answered 5xx, what the caller saw; ``any-span``: when any span of it is ERROR.
+FailureRule = Literal["root", "any-span"]
+FAILURE_RULES: Final[tuple[FailureRule, ...]] = ("root", "any-span")
+#: Attributes whose 5xx value fails a root span under the ``root`` rule.
+HTTP_STATUS_ATTRIBUTES: Final[tuple[str, ...]] = ("http.response.status_code", "http.status_code")
+#: The value of an attribute a unit does not have: ``key=ABSENT`` is the subgroup of units
+#: without ``key`` (absence is a value). Shown as ``key (absent)``, ``null`` in JSON.
+ABSENT: Final = "\x00absent"
 
 #: Attributes that encode the outcome itself; never candidate subgroups. A trailing ``*``
 #: matches a prefix. Change with ``--exclude`` / ``--no-default-excludes`` or
@@ -94,12 +103,15 @@ class SliceOptions:
 
     Attributes:
         unit: ``root`` (one per local root span), ``span`` or ``trace``.
+        failure: ``root``: a unit failed when its root span is ERROR or answered 5xx;
+            ``any-span``: when any of its spans is ERROR (handled errors below count too).
         filters: :class:`Filters` applied to units before anything is counted.
         min_units: A subgroup needs at least this many units to be tested.
         min_failures: ... and at least this many failed units.
         alpha: Family-wise significance level; Bonferroni-adjusted p-values must be below it.
         max_values: Attributes with more distinct values are skipped as id-like.
-        top_pairs: Pairs are formed among this many strongest single-attribute findings.
+        top_pairs: Pairs are tested among distinct single findings, strongest first, up to
+            ``top_pairs * (top_pairs - 1) / 2`` pairs (the pairs of this many singles).
         exclude: Outcome attributes that are never candidates (``name`` or ``prefix*``).
         customer_attributes: Attributes holding the customer, first present wins.
         max_open_groups: Open (trace, service) groups kept while streaming files; the oldest
@@ -116,6 +128,7 @@ class SliceOptions:
     exclude: tuple[str, ...] = OUTCOME_ATTRIBUTES
     customer_attributes: tuple[str, ...] = CUSTOMER_ATTRIBUTES
     max_open_groups: int = 50_000
+    failure: FailureRule = "root"
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,9 +142,14 @@ class Finding:
         rate: ``failures / units``.
         rest_rate: Failure rate of all other units.
         lift: ``rate / rest_rate`` (``inf`` when the rest never failed).
-        p_value: One-sided Fisher exact p-value, Bonferroni-adjusted for every subgroup tested.
+        p_value: One-sided Fisher exact p-value on the counts divided by the subgroup's own
+            design effect, Bonferroni-adjusted for every subgroup tested.
         customers: Distinct customers among the subgroup's failed units.
-        interaction: A pair that fails at least 1.5 times as often as each of its parts alone.
+        interaction: A pair whose failure rate a test shows above each of its parts' rates.
+        aliases: Other descriptions of exactly the same units (``service.name=payments`` and
+            ``host.name=payments-1`` when that host runs all of it), one finding for all.
+        design_effect: The subgroup's failed units per failed trace (>= 1): its counts were
+            divided by it before the test.
     """
 
     subgroup: Mapping[str, str]
@@ -143,10 +161,22 @@ class Finding:
     p_value: float
     customers: int
     interaction: bool = False
+    aliases: tuple[Mapping[str, str], ...] = ()
+    design_effect: float = 1.0
 
-    def label(self) -> str:
-        """``key=value ∧ key=value``."""
-        return " ∧ ".join(f"{key}={value}" for key, value in self.subgroup.items())
+    def label(self, separator: str = " ∧ ") -> str:
+        """``key=value ∧ key=value`` (``key (absent)`` for units without ``key``)."""
+        return describe(self.subgroup, separator)
+
+    def labels(self, separator: str = " ∧ ") -> tuple[str, ...]:
+        """This finding's label, then its aliases' labels."""
+        return (self.label(separator), *(describe(alias, separator) for alias in self.aliases))
+
+
+def describe(subgroup: Mapping[str, str], separator: str = " ∧ ") -> str:
+    """A subgroup as text: ``key=value``, ``key (absent)``, joined by ``separator``."""
+    return separator.join(f"{key} (absent)" if value == ABSENT else f"{key}={value}"
+                          for key, value in subgroup.items())
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,13 +197,16 @@ class Report:
     Attributes:
         units: Units analysed (after filters).
         failures: Failed units.
-        findings: Significant subgroups, strongest (smallest p-value) first.
-        tested: Number of subgroups tested (the Bonferroni factor).
+        findings: Significant subgroups, strongest (smallest adjusted p-value) first; ties by
+            higher failure rate, then by label.
+        tested: Number of distinct subgroups tested (the Bonferroni factor).
         skipped_attributes: Attributes skipped as id-like or excluded as outcomes.
         unit: The unit used.
         input: What was read.
         pseudonymised: Customers were on ``enduser.pseudo.id``.
-        design_effect: Failed units per failed trace; counts were divided by it for the test.
+        design_effect: Failed units per failed trace over all units (for information: each
+            subgroup is tested with its own, see :attr:`Finding.design_effect`).
+        failure: The failure rule used (see :attr:`SliceOptions.failure`).
     """
 
     units: int
@@ -185,6 +218,7 @@ class Report:
     input: InputSummary
     pseudonymised: bool = False
     design_effect: float = 1.0
+    failure: FailureRule = "root"
 
     @property
     def rate(self) -> float:
@@ -208,12 +242,15 @@ class Report:
 
 @dataclass(frozen=True, slots=True)
 class AffectedCustomer:
-    """One customer who saw at least one failure.
+    """One customer who saw at least one failed request.
+
+    A request is a trace; it failed when one of its units failed (see
+    :attr:`SliceOptions.failure`), so one failure that crossed three services counts once.
 
     Attributes:
         customer: The customer id, or its pseudonym.
-        failures: Failed units of this customer.
-        requests: All units of this customer.
+        failures: Failed requests (traces) of this customer.
+        requests: All requests (traces) of this customer.
         first_failure_ns: Start of the first failed unit (Unix nanoseconds).
         last_failure_ns: Start of the last failed unit.
         operations: Routes (``http.route``) or span names that failed, sorted.

@@ -1,4 +1,4 @@
-"""Rendering reports: a terminal table, one JSON object, or CSV."""
+"""Rendering reports: a terminal table (rich, fitted to the terminal's width), JSON or CSV."""
 
 from __future__ import annotations
 
@@ -7,13 +7,22 @@ import io
 import json
 import math
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Final
 
-from prodlens.analysis._model import AffectedReport, Finding, Report
+from prodlens.analysis._model import ABSENT, AffectedReport, Finding, Report, describe
 
-TEST_NAME = "one-sided Fisher exact test, Bonferroni-corrected"
+TEST_NAME: Final = ("one-sided Fisher exact test on counts divided by each subgroup's own "
+                    "design effect (failed units per failed trace), Bonferroni-corrected")
+FAILURE_RULES_TEXT: Final = {
+    "root": "a unit failed when its root span is ERROR or answered 5xx",
+    "any-span": "a unit failed when any of its spans is ERROR",
+}
+#: Below this a p-value is shown as ``< 1e-300`` (it may have underflowed to 0).
+P_FLOOR: Final = 1e-300
+#: Separator of a pair's parts in CSV cells (the table shows ``∧``).
+CSV_SEPARATOR: Final = " & "
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -29,14 +38,33 @@ def iso_utc(ns: int) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def format_p(p_value: float, digits: int = 2) -> str:
+    """A p-value as text; below float range (or 1e-300) as ``< 1e-300``.
+
+    Example::
+
+        >>> format_p(0.0), format_p(3.14e-12), format_p(0.5, 3)
+        ('< 1e-300', '3.1e-12', '0.5')
+    """
+    if p_value < P_FLOOR:
+        return "< 1e-300"
+    return f"{p_value:.{digits - 1}e}" if digits == 2 else f"{p_value:.{digits}g}"
+
+
 def _lift(value: float) -> float | None:
     return None if math.isinf(value) else round(value, 4)
 
 
+def _json_subgroup(subgroup: Mapping[str, str]) -> dict[str, str | None]:
+    return {key: None if value == ABSENT else value for key, value in subgroup.items()}
+
+
 def finding_dict(finding: Finding) -> dict[str, Any]:
-    """A finding as a JSON-ready dict (``lift`` is null when the rest never failed)."""
+    """A finding as a JSON-ready dict (``lift`` is null when the rest never failed; a value
+    ``null`` means units without the attribute)."""
     return {
-        "subgroup": dict(finding.subgroup),
+        "subgroup": _json_subgroup(finding.subgroup),
+        "aliases": [_json_subgroup(alias) for alias in finding.aliases],
         "units": finding.units,
         "failures": finding.failures,
         "rate": finding.rate,
@@ -45,6 +73,7 @@ def finding_dict(finding: Finding) -> dict[str, Any]:
         "p_value": finding.p_value,
         "customers": finding.customers,
         "interaction": finding.interaction,
+        "design_effect": round(finding.design_effect, 4),
     }
 
 
@@ -56,6 +85,7 @@ def report_dict(report: Report) -> dict[str, Any]:
         "units": report.units,
         "failures": report.failures,
         "rate": report.rate,
+        "failure": report.failure,
         "test": TEST_NAME,
         "tested": report.tested,
         "design_effect": round(report.design_effect, 4),
@@ -78,100 +108,130 @@ def render_json(report: Report) -> str:
 
 
 def render_csv(report: Report) -> str:
-    """Findings as CSV, strongest first."""
+    """Findings as CSV, strongest first; a pair's parts joined by `` & ``, aliases by `` | ``."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["subgroup", "units", "failures", "rate", "rest_rate", "lift", "p_value",
-                     "customers", "interaction"])
+                     "customers", "interaction", "aliases"])
     for f in report.findings:
         lift = _lift(f.lift)
-        writer.writerow([f.label(), f.units, f.failures, f"{f.rate:.6f}", f"{f.rest_rate:.6f}",
-                         "" if lift is None else lift, f"{f.p_value:.3g}", f.customers,
-                         "true" if f.interaction else "false"])
+        writer.writerow([f.label(CSV_SEPARATOR), f.units, f.failures, f"{f.rate:.6f}",
+                         f"{f.rest_rate:.6f}", "" if lift is None else lift,
+                         format_p(f.p_value, 3), f.customers,
+                         "true" if f.interaction else "false",
+                         " | ".join(f.labels(CSV_SEPARATOR)[1:])])
     return out.getvalue()
 
 
-def _wrap(cell: str, width: int) -> list[str]:
-    """``cell`` in lines of at most ``width``: broken after `` ∧ `` where it can be, else hard."""
-    parts = cell.split(" ∧ ")
-    pieces = [part + " ∧" for part in parts[:-1]] + [parts[-1]]
-    lines: list[str] = []
-    current = ""
+def _columns(width: int | None) -> int:
+    return width if width is not None else shutil.get_terminal_size((120, 24)).columns
+
+
+def _rich_table(header: Sequence[tuple[str, bool]], rows: Sequence[Sequence[str]],
+                width: int, *, fold_first: bool = True) -> str:
+    """A table fitted to ``width`` columns by rich: the first column folds onto more lines
+    (attribute names are what you paste into a query: never cut), others may be elided."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, expand=False,
+                  padding=(0, 1), collapse_padding=True)
+    for index, (name, right) in enumerate(header):
+        first = index == 0 and fold_first
+        table.add_column(name, justify="right" if right else "left",
+                         overflow="fold" if first else "ellipsis", no_wrap=not first,
+                         min_width=20 if first else None)
+    for row in rows:
+        table.add_row(*row)
+    console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False,
+                      highlight=False, markup=False, emoji=False, soft_wrap=False)
+    console.print(table)
+    out = console.file.getvalue()  # type: ignore[attr-defined]
+    return "\n".join(line.rstrip() for line in str(out).splitlines())
+
+
+def _wrap_description(text: str, width: int) -> list[str]:
+    """``key=value`` in lines of ``width``: whole when it fits, else broken after ``=`` (the
+    value indented), and only then folded."""
+    if len(text) <= width:
+        return [text]
+    key, equals, value = text.partition("=")
+    pieces = [key + equals, "  " + value] if equals else [text]
+    lines = []
     for piece in pieces:
-        candidate = f"{current} {piece}" if current else piece
-        if len(candidate) <= width:
-            current = candidate
-            continue
-        if current:
-            lines.append(current)
         while len(piece) > width:
             lines.append(piece[:width])
             piece = "  " + piece[width:]
-        current = piece
-    lines.append(current)
-    return lines
+        lines.append(piece)
+    return lines if width > 2 else [text]
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int],
-           first_max: int) -> list[str]:
-    """An aligned table; a first-column cell wider than ``first_max`` wraps onto more lines
-    (attribute names are never cut: they are what you paste into a query)."""
-    widths = [len(h) for h in header]
-    for row in rows:
-        for index, cell in enumerate(row):
-            widths[index] = max(widths[index], len(cell))
-    widths[0] = min(widths[0], max(len(header[0]), first_max))
-
-    def fit(cell: str, index: int) -> str:
-        return cell.rjust(widths[index]) if index in right else cell.ljust(widths[index])
-
-    def render(row: Sequence[str]) -> list[str]:
-        first, *more = _wrap(row[0], widths[0])
-        out = ["  ".join(fit(c, i) for i, c in enumerate([first, *row[1:]])).rstrip()]
-        out.extend(line if line.startswith(" ") else "  " + line for line in more)
-        return out
-
-    lines = ["  ".join(fit(h, i) for i, h in enumerate(header)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    for row in rows:
-        lines.extend(render(row))
-    return lines
+def _subgroup_cell(finding: Finding, width: int) -> str:
+    """Each description on its own lines: a pair's parts joined by ``∧``, aliases after ``=``,
+    an interaction marked; wrapped at ``=`` to ``width``."""
+    lines: list[str] = []
+    for number, subgroup in enumerate((finding.subgroup, *finding.aliases)):
+        parts = [part for part in finding.label(_PART).split(_PART)] if not number else \
+            [describe(subgroup)]
+        for index, part in enumerate(parts):
+            prefix = "" if not (number or index) else "= " if not index else "∧ "
+            lines += _wrap_description(prefix + part, width)
+    if finding.interaction:
+        lines.append("(interaction)")
+    return "\n".join(lines)
 
 
-def render_table(report: Report, limit: int = 20) -> str:
-    """The verdict, then the findings as an aligned table fitting the terminal, then notes."""
+_PART: Final = "\x00"
+
+
+def _other_widths(header: Sequence[tuple[str, bool]], rows: Sequence[Sequence[str]]) -> int:
+    return sum(max(len(name), *(len(row[index]) for row in rows)) + 2
+               for index, (name, _) in enumerate(header) if index)
+
+
+def render_table(report: Report, limit: int = 20, width: int | None = None) -> str:
+    """The verdict, then the findings as a table fitting the terminal (or ``width``), notes."""
+    columns = _columns(width)
     lines = [report.verdict(), ""]
     if report.findings:
-        header = ["subgroup", "units", "failures", "rate", "rest", "lift", "p (adj.)",
-                  "customers", "note"]
+        header = [("subgroup", False), ("units", True), ("failed", True), ("rate", True),
+                  ("rest", True), ("lift", True), ("p (adj.)", True), ("customers", True)]
         rows = []
         for f in report.findings[:limit]:
             lift = "inf" if math.isinf(f.lift) else f"{f.lift:.1f}x"
-            rows.append([f.label(), f"{f.units:,}", f"{f.failures:,}", f"{f.rate:.1%}",
-                         f"{f.rest_rate:.1%}", lift, f"{f.p_value:.1e}", f"{f.customers:,}",
-                         "interaction" if f.interaction else ""])
-        columns = shutil.get_terminal_size((120, 24)).columns
-        others = sum(max(len(h), max(len(r[i]) for r in rows)) + 2
-                     for i, h in enumerate(header) if i)
-        # Wrap pairs at their ∧ rather than cut them; one part always fits on a line.
-        longest_part = max(len(part) + 2 for r in rows for part in r[0].split(" ∧ "))
-        first_max = max(24, min(longest_part, 72), columns - others)
-        lines += _table(header, rows, set(range(1, len(header) - 1)), first_max)
+            rows.append(["", f"{f.units:,}", f"{f.failures:,}", f"{f.rate:.1%}",
+                         f"{f.rest_rate:.1%}", lift, format_p(f.p_value), f"{f.customers:,}"])
+        room = max(20, columns - _other_widths(header, rows) - 1)
+        for row, finding in zip(rows, report.findings, strict=False):
+            row[0] = _subgroup_cell(finding, room)
+        lines.append(_rich_table(header, rows, columns))
         if len(report.findings) > limit:
             lines.append(f"… {len(report.findings) - limit} more (--limit, --format json)")
         lines.append("")
     lines.append(
-        f"{report.units:,} units (unit={report.unit}), {report.failures:,} failed; "
-        f"{report.tested:,} subgroups tested ({TEST_NAME}"
-        + (f";\ncounts divided by the design effect {report.design_effect:.2f}, failed units "
-           "per failed trace)" if report.design_effect > 1 else ")")
+        f"{report.units:,} units (unit={report.unit}; {FAILURE_RULES_TEXT[report.failure]}), "
+        f"{report.failures:,} failed; {report.tested:,} distinct subgroups tested: {TEST_NAME}. "
+        "Ordered by adjusted p-value; '=' lines are aliases (the same units)."
     )
     if report.skipped_attributes:
         lines.append("skipped as id-like (too many values): "
                      + ", ".join(report.skipped_attributes))
-    return "\n".join(lines)
+    # the verdict stays one line (it is what scripts grep); the notes are folded
+    return "\n".join([lines[0], *(_fold(line, columns) for line in lines[1:])])
 
 
+def _fold(text: str, width: int) -> str:
+    """A prose line wrapped at spaces to ``width`` (table lines are already fitted)."""
+    import textwrap
+
+    if len(text) <= width or "\n" in text:
+        return text
+    return "\n".join(textwrap.wrap(text, width, break_long_words=False,
+                                   break_on_hyphens=False))
+
+
+#: CSV columns of ``affected``: ``failures`` and ``requests`` count requests (traces).
 AFFECTED_COLUMNS = ("customer", "failures", "requests", "first_failure", "last_failure",
                     "operations")
 
@@ -215,9 +275,11 @@ def render_affected_json(report: AffectedReport) -> str:
     }, ensure_ascii=False)
 
 
-def render_affected_table(report: AffectedReport) -> str:
-    """An aligned table, for reading on a terminal."""
+def render_affected_table(report: AffectedReport, width: int | None = None) -> str:
+    """A table fitting the terminal (or ``width``), for reading; counts are requests."""
     header, rows = _affected_rows(report)
     if not rows:
-        return "no customer saw a failure"
-    return "\n".join(_table(header, rows, {1, 2}, 40))
+        return "no customer saw a failed request"
+    titles = {"failures": "failed requests", "requests": "requests (traces)"}
+    columns = [(titles.get(name, name), name in titles) for name in header]
+    return _rich_table(columns, rows, _columns(width))

@@ -21,6 +21,7 @@ from typing import Any
 
 from prodlens.analysis._model import (
     CUSTOMER_ATTRIBUTES,
+    FAILURE_RULES,
     OUTCOME_ATTRIBUTES,
     UNITS,
     Filters,
@@ -106,31 +107,44 @@ def _add_input_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_argument_group("input")
     source.add_argument("files", nargs="*", metavar="FILE",
                         help="OTLP/JSON files (one ExportTraceServiceRequest a line, .gz too), "
-                             "directories, or - for stdin")
+                             "directories, or - for stdin; e.g. prodlens-spans/ or "
+                             "spans.jsonl.gz")
     source.add_argument("--clickhouse", metavar="URL",
                         help="run the analysis as SQL in ClickHouse instead, over the "
                              "Collector's traces table, e.g. "
-                             "http://user:pw@host:8123/?database=otel")
+                             "--clickhouse http://user:pw@host:8123/?database=otel")
     source.add_argument("--table", default="otel_traces",
-                        help="[database.]table written by the Collector's ClickHouse exporter "
-                             "(default: otel_traces)")
+                        help="[database.]table written by the Collector's ClickHouse exporter, "
+                             "e.g. --table otel.otel_traces (default: otel_traces)")
     source.add_argument("--unit", choices=UNITS, default="root",
-                        help="root: one unit per local root span, failed if it or a span below "
-                             "it in the same service is ERROR (default); span; trace")
+                        help="what is counted: root: one unit per local root span, the "
+                             "request's entry in each service (default); span: every span; "
+                             "trace: one per trace; e.g. --unit trace")
+    source.add_argument("--failure", choices=FAILURE_RULES, default="root",
+                        help="when a unit failed: root: its root span is ERROR or answered "
+                             "5xx, what its caller saw; errors handled below it (a 404 from a "
+                             "dependency, a retried database error) do not count (default); "
+                             "any-span: any span of its (trace, service) is ERROR, e.g. "
+                             "--failure any-span")
     source.add_argument("--where", action="append", type=parse_where, default=[],
                         metavar="ATTR=VALUE", help="keep units with this attribute value "
-                        "(ATTR!=VALUE to drop them); repeatable, all must hold")
+                        "(ATTR!=VALUE to drop them); repeatable, all must hold; e.g. "
+                        "--where deployment.environment.name=production "
+                        "--where service.name!=healthcheck")
     source.add_argument("--since", type=parse_time, metavar="TIME",
-                        help="keep units that started at or after TIME "
-                             "(ISO 8601, or 2h, 30m, 1d ago)")
+                        help="keep units that started at or after TIME, ISO 8601 or a "
+                             "duration ago; e.g. --since 2h, --since 2026-01-31T14:00:00Z")
     source.add_argument("--until", type=parse_time, metavar="TIME",
-                        help="keep units that started before TIME")
+                        help="keep units that started before TIME (as --since), e.g. "
+                             "--until 30m")
     source.add_argument("--customer-attribute", action="append", metavar="ATTR",
                         help="attribute holding the customer, repeatable, first present wins "
-                             f"(default: {', '.join(CUSTOMER_ATTRIBUTES)})")
+                             f"(default: {', '.join(CUSTOMER_ATTRIBUTES)}); e.g. "
+                             "--customer-attribute tenant.id")
     source.add_argument("--max-open-groups", type=_positive, default=50_000, metavar="N",
-                        help="open (trace, service) groups kept while streaming files; bounds "
-                             "memory (default: 50000)")
+                        help="with --failure any-span: open (trace, service) groups kept "
+                             "while streaming files; bounds memory (default: 50000), e.g. "
+                             "--max-open-groups 200000")
     source.add_argument("--no-progress", action="store_true",
                         help="no progress bar (it only shows on a terminal anyway)")
 
@@ -139,42 +153,73 @@ def add_commands(subparsers: Any) -> None:
     """Add ``slice`` and ``affected`` to the ``prodlens`` command's sub-parsers."""
     slice_parser = subparsers.add_parser(
         "slice", help="rank the subgroups where failures concentrate",
-        description="Rank the subgroups (attribute values and pairs) where failures "
-        "concentrate, with a one-sided Fisher exact test, Bonferroni-corrected. Outcome "
-        "attributes (status codes, error.type, exception.*) are never candidates.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Rank the subgroups (attribute values, absence of an attribute, and "
+        "pairs) where failures concentrate.\n\n"
+        "Test: one-sided Fisher exact test per subgroup, on its counts divided by its own "
+        "design effect\n(its failed units per failed trace: one failed request fails a unit "
+        "in every service on its path),\nBonferroni-corrected over the distinct subgroups "
+        "tested. Subgroups with the same units are one\nfinding listing every description "
+        "(aliases). A pair is an interaction only when a test shows it\nfailing more than "
+        "each of its parts. Findings are ordered by adjusted p-value, then rate.\n"
+        "Outcome attributes (status codes, error.type, exception.*) are never candidates.",
+        epilog="examples:\n"
+        "  prodlens slice prodlens-spans/\n"
+        "  prodlens slice prodlens-spans/ --where deployment.environment.name=production "
+        "--since 2h\n"
+        "  prodlens slice spans.jsonl.gz --format json > report.json\n"
+        "  prodlens slice --clickhouse http://clickhouse:8123/?database=otel --format csv\n"
+        "  prodlens slice prodlens-spans/ --failure any-span --unit trace",
     )
     _add_input_arguments(slice_parser)
     stats = slice_parser.add_argument_group("findings")
     stats.add_argument("--min-units", type=_positive, default=20, metavar="N",
-                       help="units a subgroup needs to be tested (default: 20)")
+                       help="units a subgroup needs to be tested (default: 20), e.g. "
+                            "--min-units 100")
     stats.add_argument("--min-failures", type=_positive, default=3, metavar="N",
-                       help="failures a finding needs (default: 3)")
+                       help="failures a finding needs (default: 3), e.g. --min-failures 10")
     stats.add_argument("--alpha", type=_alpha, default=0.01,
-                       help="family-wise significance level (default: 0.01)")
+                       help="family-wise significance level (default: 0.01), e.g. "
+                            "--alpha 0.001")
     stats.add_argument("--max-values", type=_positive, default=50, metavar="N",
                        help="attributes with more distinct values are skipped as ids "
-                            "(default: 50)")
+                            "(default: 50), e.g. --max-values 200")
     stats.add_argument("--top-pairs", type=int, default=8, metavar="N",
-                       help="pairs are formed among the N strongest single subgroups "
-                            "(default: 8; 0: no pairs)")
+                       help="pair budget: pairs of distinct single findings are tested, "
+                            "strongest first, up to N*(N-1)/2 informative pairs (default: 8, "
+                            "so 28; 0: no pairs), e.g. --top-pairs 12")
     stats.add_argument("--exclude", action="append", default=[], metavar="ATTR",
-                       help="another outcome attribute to ignore (NAME or PREFIX*), repeatable")
+                       help="another outcome attribute to ignore (NAME or PREFIX*), "
+                            "repeatable, e.g. --exclude app.result --exclude 'retry.*'")
     stats.add_argument("--no-default-excludes", action="store_true",
                        help="do not ignore the default outcome attributes: "
                             + ", ".join(OUTCOME_ATTRIBUTES))
-    stats.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    stats.add_argument("--format", choices=("table", "json", "csv"), default="table",
+                       help="table: fitted to the terminal (default); json: one object with "
+                            "every finding; csv: one finding a row; e.g. --format json")
     stats.add_argument("--limit", type=_positive, default=20, metavar="N",
-                       help="findings shown in the table (default: 20)")
+                       help="findings shown in the table (default: 20), e.g. --limit 50")
     slice_parser.set_defaults(handler=run_slice)
 
     affected_parser = subparsers.add_parser(
-        "affected", help="list the customers who saw at least one failure",
-        description="List the customers with at least one failed unit: customer, failures, "
-        "requests, first and last failure (ISO 8601 UTC), the operations that failed and "
-        "their cohort values.",
+        "affected", help="list the customers who saw at least one failed request",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="List the customers with at least one failed request: customer, "
+        "failures, requests,\nfirst and last failure (ISO 8601 UTC), the operations that "
+        "failed and their cohort values.\nA request is a trace: 'failures' and 'requests' "
+        "count a customer's traces, so one failure\nthat crossed three services counts "
+        "once. A request failed when one of its units failed (--failure).",
+        epilog="examples:\n"
+        "  prodlens affected prodlens-spans/ > customers.csv\n"
+        "  prodlens affected prodlens-spans/ --where prodlens.cohort.region=eu-west "
+        "--since 2h\n"
+        "  prodlens affected prodlens-spans/ --format table\n"
+        "  prodlens affected --clickhouse http://clickhouse:8123/?database=otel --format json",
     )
     _add_input_arguments(affected_parser)
-    affected_parser.add_argument("--format", choices=("csv", "json", "table"), default="csv")
+    affected_parser.add_argument("--format", choices=("csv", "json", "table"), default="csv",
+                                 help="csv: one customer a row (default); json: one object; "
+                                      "table: fitted to the terminal; e.g. --format table")
     affected_parser.set_defaults(handler=run_affected)
 
 
@@ -183,6 +228,7 @@ def _options(args: argparse.Namespace) -> SliceOptions:
     exclude = (*exclude, *getattr(args, "exclude", []))
     return SliceOptions(
         unit=args.unit,
+        failure=args.failure,
         filters=Filters(where=tuple(args.where), since_ns=args.since, until_ns=args.until),
         min_units=getattr(args, "min_units", 20),
         min_failures=getattr(args, "min_failures", 3),

@@ -77,12 +77,28 @@ class IncidentManager:
         Returns:
             The incident after the change.
         """
+        incident = self._change(subgroup, stats, customers, at=at, started_at=started_at,
+                                failing=True)
+        assert incident is not None
+        return incident
+
+    def update(self, subgroup: Mapping[str, str], stats: SubgroupStats,
+               customers: Iterable[str] = (), *, at: float) -> Incident | None:
+        """Add customers and fresh counts to the firing incident of ``subgroup`` without saying
+        it is still failing (its resolve hold-down goes on); ``None`` if none fires."""
+        return self._change(subgroup, stats, customers, at=at, started_at=None, failing=False)
+
+    def _change(self, subgroup: Mapping[str, str], stats: SubgroupStats,
+                customers: Iterable[str], *, at: float, started_at: float | None,
+                failing: bool) -> Incident | None:
         key = subgroup_key(subgroup)
         now = self._clock()
         with self.ledger.write() as db:
             row = db.execute("SELECT id, affected, notified_affected FROM incidents "
                              "WHERE subgroup_key = ? AND status = 'firing'", (key,)).fetchone()
             opened = row is None
+            if opened and not failing:
+                return None
             if opened:
                 start = at if started_at is None else min(started_at, at)
                 ident = incident_id(subgroup, start)
@@ -97,8 +113,10 @@ class IncidentManager:
                 ident, notified = row["id"], row["notified_affected"]
                 db.execute(
                     "UPDATE incidents SET rate = ?, rest_rate = ?, units = ?, failures = ?, "
-                    "last_failing_at = MAX(last_failing_at, ?) WHERE id = ?",
-                    (stats.rate, stats.rest_rate, stats.units, stats.failures, at, ident))
+                    "last_failing_at = CASE WHEN ? THEN MAX(last_failing_at, ?) "
+                    "ELSE last_failing_at END WHERE id = ?",
+                    (stats.rate, stats.rest_rate, stats.units, stats.failures, failing, at,
+                     ident))
             affected = add_customers(db, ident, customers)
             db.execute("UPDATE incidents SET affected = ? WHERE id = ?", (affected, ident))
             incident = self._read(db, ident)

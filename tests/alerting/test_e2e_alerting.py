@@ -69,18 +69,18 @@ def test_planted_failure_alerts_and_messages_exactly_the_affected_customers(
                 notify.check_alive()
                 return answers(f"http://127.0.0.1:{notify_port}/healthz")
 
-            poll("prodlens notify", notify_ready, 60)
+            poll("prodlens notify", notify_ready, 30)
             traffic = Traffic(stack.app_port)
             begun = time.monotonic()
             try:
                 poll("Prometheus to scrape the cohort metrics", lambda: stack.query(
-                    'job:prodlens_requests:rate10s{job="shop"} > 0'), 60)
+                    'job:prodlens_requests:rate10s{job="shop"} > 0'), 30)
                 poll("15 s of clean traffic in the long window",
                      lambda: time.monotonic() > begun + 15, 30)
                 assert traffic.failed() == []
 
                 stack.fault_file.touch()
-                firing = poll("the operator payload", lambda: recorder.bodies("/operator"), 90)
+                firing = poll("the operator payload", lambda: recorder.bodies("/operator"), 60)
                 onset = min(at for at, _ in traffic.failed())
                 detection = firing[0][0] - onset
                 # Failures go on for a while after the alert: those customers come later.
@@ -89,13 +89,13 @@ def test_planted_failure_alerts_and_messages_exactly_the_affected_customers(
                 fixed = time.time()
                 resolved = poll("the resolve", lambda: [
                     body for _, body in recorder.bodies("/operator")
-                    if body["status"] == "resolved"], 120)
+                    if body["status"] == "resolved"], 60)
             finally:
                 traffic.stop()
             truth = sorted({customer for _, customer in traffic.failed()})
             # Every customer's batch for both statuses (the deliverer sends them one by one).
             poll("the resolved batches", lambda: sorted(_customers(recorder, "resolved"))
-                 == truth, 60)
+                 == truth, 30)
             notify.check_alive()
     finally:
         recorder.close()

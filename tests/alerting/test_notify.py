@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -172,7 +173,8 @@ SUBGROUP = {"prodlens.cohort.plan": "enterprise", "prodlens.cohort.region": "eu"
 
 
 def test_firing_repeats_replicas_late_customers_and_the_resolve(
-        notify: Notify, recorder: Recorder, spans: Path, tmp_path: Path) -> None:
+        notify: Notify, recorder: Recorder, spans: Path, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
     assert notify.post(webhook()) == (200, {"queued": 1, "ignored": 0})
     poll("the first customer batch", lambda: _customers(recorder, "firing"), 30)
     [opened] = poll("the operator payload", lambda: _operator(recorder), 30)
@@ -213,6 +215,8 @@ def test_firing_repeats_replicas_late_customers_and_the_resolve(
     with Ledger(tmp_path / "ledger.sqlite3") as ledger:
         assert [i.status for i in ledger.incidents()] == ["resolved"]
         assert ledger.pending() == []
+    # Repeats after the resolve were recognised, not failed on the ledger's constraints.
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 def test_hostile_bodies_are_refused_and_send_nothing(notify: Notify, recorder: Recorder,
@@ -257,3 +261,40 @@ def test_bad_options_are_named(argv: list[str], message: str, tmp_path: Path) ->
     args = build_parser().parse_args(["notify", "--ledger", str(tmp_path / "l.sqlite3"), *argv])
     with pytest.raises(NotifyError, match=message.replace("(", r"\(").replace(")", r"\)")):
         serve(args)
+
+
+def _load_otel_traces() -> Any:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "analysis" / "otel_traces.py"
+    spec = importlib.util.spec_from_file_location("alerting_otel_traces", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_clickhouse_store_reads_what_the_files_hold(spans: Path, tmp_path: Path) -> None:
+    # --clickhouse: the Collector's otel_traces table (in chdb, ClickHouse's engine in process)
+    # holding the same spans gives the same subgroup totals and customers as --spans.
+    from chdb import session as chdb_session
+
+    from prodlens.alerting._resolve import SpanStore
+    from prodlens.analysis import Filters, chdb_query
+
+    session = chdb_session.Session(str(tmp_path / "chdb"))
+    try:
+        files = sorted(spans.iterdir())
+        assert _load_otel_traces().load_into_chdb(session, files, tmp_path) > 0
+        filters = Filters(where=(("prodlens.cohort.plan", "enterprise", True),
+                                 ("prodlens.cohort.region", "eu", True)),
+                          since_ns=int((STARTS_AT - 300) * 1e9))
+        on_files = SpanStore(paths=(str(spans),)).read(filters)
+        in_clickhouse = SpanStore(clickhouse=chdb_query(session),
+                                  table="otel.otel_traces").read(filters)
+    finally:
+        session.close()
+    assert (on_files[0].units, on_files[0].failures) == (47, 3)
+    assert (in_clickhouse[0].units, in_clickhouse[0].failures) == (47, 3)
+    assert [c.customer for c in in_clickhouse[1].customers] == [
+        c.customer for c in on_files[1].customers] == ["ent-a", "ent-b", "ent-c"]

@@ -210,8 +210,7 @@ def test_a_huge_body_is_refused_unread(server: NotifyServer, recorder: Recorder)
     try:
         connection.putrequest("POST", "/alertmanager")
         connection.putheader("Content-Length", str(MAX_BODY_BYTES + 1))
-        connection.endheaders()
-        connection.send(b"{")  # far less than announced: the answer comes before the rest
+        connection.endheaders()  # no body sent at all: the answer comes before any of it
         response = connection.getresponse()
         assert response.status == 400
         assert "at most 1,048,576" in json.loads(response.read())["error"]
@@ -270,4 +269,43 @@ def test_a_full_queue_answers_503(recorder: Recorder) -> None:
         assert status == 503 and "retry" in answer["error"]
     finally:
         recorder.release.set()
+        running.stop()
+
+
+def test_connections_beyond_the_bound_are_closed_unanswered(
+        recorder: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from prodlens.alerting import receiver
+
+    monkeypatch.setattr(receiver, "MAX_CONNECTIONS", 4)
+    running = NotifyServer("127.0.0.1", 0, recorder, prefix=PREFIX).start()
+    idle = []
+    try:
+        for _ in range(4):  # slow clients: connected, nothing sent, each holding a handler
+            idle.append(socket.create_connection(("127.0.0.1", running.port), timeout=10))
+        # The server accepts these one by one: wait until the fifth is refused.
+        def refused() -> bool:
+            with socket.create_connection(("127.0.0.1", running.port), timeout=10) as extra:
+                extra.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+                return extra.recv(100) == b""
+
+        deadline = time.monotonic() + 30
+        while not refused():
+            assert time.monotonic() < deadline
+        for sock in idle:
+            sock.close()
+        idle.clear()
+        deadline = time.monotonic() + 30
+        while True:  # the slots come back as the idle handlers see their clients gone
+            try:
+                if post(running, json.dumps(payload()).encode())[0] == 200:
+                    break
+            except (ConnectionError, http.client.HTTPException):
+                pass
+            assert time.monotonic() < deadline
+        assert running.wait_idle(30) and len(recorder.alerts) == 1
+    finally:
+        for sock in idle:
+            sock.close()
         running.stop()

@@ -33,7 +33,7 @@ def test_the_documented_command_passes_promtool_check(tmp_path: Path) -> None:
     check = subprocess.run([PROMTOOL, "check", "rules", str(rules)], capture_output=True,
                            text=True, timeout=60, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 31 rules found" in check.stdout  # (2 + 3 * 4) * 2 windows + 3 alerts
+    assert "SUCCESS: 27 rules found" in check.stdout  # (3 + 3 * 3) * 2 windows + 3 alerts
 
 
 def test_cohorts_default_to_the_configured_ones(monkeypatch: pytest.MonkeyPatch,

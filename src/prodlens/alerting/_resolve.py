@@ -28,7 +28,11 @@ from prodlens.analysis import (
     slice_clickhouse,
     slice_failures,
 )
-from prodlens.incidents import IncidentManager, SubgroupStats, subgroup_key
+from prodlens.incidents import IncidentManager, SubgroupStats
+
+# The manager names an incident by this function of its subgroup and start; the receiver looks
+# an alert's incident up by the same name. (Not re-exported by prodlens.incidents yet.)
+from prodlens.incidents._model import incident_id
 
 __all__ = ["AlertResolver", "SpanStore"]
 
@@ -79,18 +83,14 @@ class AlertResolver:
         self.manager = manager
         self._clock = clock
 
-    def _is_current(self, alert: SubgroupAlert) -> bool:
-        """Whether the subgroup's firing incident is this alert's (same start)."""
-        key = subgroup_key(alert.subgroup)
-        return any(subgroup_key(incident.subgroup) == key
-                   and abs(incident.started_at - alert.starts_at) < 1e-3
-                   for incident in self.manager.firing())
+    def _status(self, alert: SubgroupAlert) -> str | None:
+        """The status of this alert's incident in the ledger (``None``: not opened yet).
 
-    def _was_resolved(self, alert: SubgroupAlert) -> bool:
-        key = subgroup_key(alert.subgroup)
-        return any(subgroup_key(incident.subgroup) == key
-                   and abs(incident.started_at - alert.starts_at) < 1e-3
-                   for incident in self.manager.ledger.incidents(status="resolved"))
+        The incident's id is derived from the subgroup and the start, as the manager derives
+        it when it opens the incident with ``started_at=alert.starts_at``.
+        """
+        incident = self.manager.ledger.incident(incident_id(alert.subgroup, alert.starts_at))
+        return None if incident is None else incident.status
 
     def _update(self, alert: SubgroupAlert, until: float | None) -> None:
         where = tuple((key, value, True) for key, value in sorted(alert.subgroup.items()))
@@ -106,14 +106,15 @@ class AlertResolver:
 
     def handle(self, alert: SubgroupAlert) -> None:
         """Act on one alert (called on the receiver's worker thread)."""
+        status = self._status(alert)
         if alert.status == "firing":
-            if self._was_resolved(alert):
+            if status == "resolved":
                 # A repeat that crossed the resolve: that incident is over.
                 _LOG.info("prodlens notify: %s already resolved", dict(alert.subgroup))
                 return
             self._update(alert, None)
             return
-        if not self._is_current(alert):
+        if status != "firing":
             _LOG.info("prodlens notify: resolved alert for %s with no open incident",
                       dict(alert.subgroup))
             return

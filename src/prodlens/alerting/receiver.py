@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Final
+from typing import Any, Final
 
 from prodlens.alerting._payload import MAX_BODY_BYTES, PayloadError, SubgroupAlert, parse_webhook
 
@@ -49,6 +49,35 @@ PATH: Final = "/alertmanager"
 MAX_QUEUED: Final = 10_000
 #: Seconds a client has to send its request (a stalled client cannot hold a thread forever).
 REQUEST_TIMEOUT: Final = 10.0
+
+
+#: Requests handled at once; past it a new connection is closed unanswered (Alertmanager
+#: retries), so a flood of slow clients cannot grow threads without bound.
+MAX_CONNECTIONS: Final = 64
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class ReceiverError(ValueError):
@@ -164,8 +193,7 @@ class NotifyServer:
         self._default_window = default_window
         self._idle = threading.Condition()
         self._busy = 0
-        self._http = ThreadingHTTPServer((host, port), self._handler_class())
-        self._http.daemon_threads = True
+        self._http = _BoundedServer((host, port), self._handler_class())
         self._threads: list[threading.Thread] = []
 
     @property

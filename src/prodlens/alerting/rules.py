@@ -7,10 +7,12 @@ Collector's ``prometheus``/``prometheusremotewrite`` exporters, that counter is 
 becomes ``_``), ``error`` (``"true"``/``"false"``), ``http_route``, ``service_name`` and the
 scrape's ``job`` and ``instance``.
 
-For each cohort (``plan``) and each pair (``plan,region``) the rules record, over a short and a
-long window (multiwindow, as the SRE workbook's burn-rate alerts):
+Over a short and a long window (multiwindow, as the SRE workbook's burn-rate alerts) the rules
+record one ``rate()`` of the raw counter by ``job``, ``error`` and the cohort labels used (the
+only rule that reads raw samples), the request and failure rates of each ``job``, and for each
+cohort (``plan``) and each pair (``plan,region``):
 
-* the request and failure rates of each subgroup and of its whole ``job``;
+* the request rate of each subgroup;
 * the failure ratio of the subgroup, and of the rest of its ``job`` (every other request);
 
 and one alert, ``ProdlensSubgroupFailing``, fires while in both windows the subgroup's failure
@@ -196,28 +198,31 @@ class RuleOptions:
         object.__setattr__(self, "subgroups", tuple(subgroups.values()))
 
 
+def _base(window: str) -> str:
+    """The one rate over the raw counter per window; every other rule sums it."""
+    return f"job_error_cohorts:prodlens_requests:rate{window}"
+
+
 def _window_rules(subgroup: Subgroup, window: str) -> list[dict[str, object]]:
     labels = subgroup.labels
     by = ", ".join(("job", *labels))
     present = ", ".join(f'{label}!=""' for label in labels)
     level = subgroup.level
+    base = _base(window)
     requests = f"{level}:prodlens_requests:rate{window}"
-    failures = f"{level}:prodlens_failures:rate{window}"
-    job_requests = f"job:prodlens_requests:rate{window}"
-    job_failures = f"job:prodlens_failures:rate{window}"
+    ratio = f"{level}:prodlens_failure_ratio:rate{window}"
     return [
-        {"record": requests,
-         "expr": f"sum by ({by}) (rate({REQUESTS_METRIC}{{{present}}}[{window}]))"},
-        {"record": failures,
-         "expr": f"sum by ({by}) (rate({REQUESTS_METRIC}"
-                 f'{{{ERROR_LABEL}="{FAILED_VALUE}", {present}}}[{window}]))'},
-        {"record": f"{level}:prodlens_failure_ratio:rate{window}",
-         "expr": f"{failures} / {requests}"},
+        {"record": requests, "expr": f"sum by ({by}) ({base}{{{present}}})"},
+        # A subgroup without failures has no error="true" series: its ratio is 0, not absent.
+        {"record": ratio,
+         "expr": f'(sum by ({by}) ({base}{{{ERROR_LABEL}="{FAILED_VALUE}", {present}}})'
+                 f" or 0 * {requests})\n/ {requests}"},
         # Every other request of the same job: the job's totals minus the subgroup's. A
         # subgroup that is the whole job has no rest (0/0): its comparison is empty, no alert.
         {"record": f"{level}:prodlens_rest_failure_ratio:rate{window}",
-         "expr": f"({job_failures} - on (job) group_right {failures})\n"
-                 f"/\n({job_requests} - on (job) group_right {requests})"},
+         "expr": f"(job:prodlens_failures:rate{window} - on (job) group_right () "
+                 f"({ratio} * {requests}))\n"
+                 f"/\n(job:prodlens_requests:rate{window} - on (job) group_right {requests})"},
     ]
 
 
@@ -264,13 +269,20 @@ def _alert(subgroup: Subgroup, options: RuleOptions) -> dict[str, object]:
 def build_rule_group(options: RuleOptions) -> dict[str, object]:
     """The rule group (recording rules, then one alerting rule per subgroup) as a mapping."""
     rules: list[dict[str, object]] = []
+    # Only the cohort labels the rules use are kept: route, status class, instance and any
+    # other label are summed away once, in the one rule per window that reads raw samples.
+    kept = ", ".join(dict.fromkeys(
+        ("job", ERROR_LABEL, *(label for sub in options.subgroups for label in sub.labels))))
     for window in (options.short_window, options.long_window):
+        base = _base(window)
         rules += [
+            {"record": base,
+             "expr": f"sum by ({kept}) (rate({REQUESTS_METRIC}[{window}]))"},
             {"record": f"job:prodlens_requests:rate{window}",
-             "expr": f"sum by (job) (rate({REQUESTS_METRIC}[{window}]))"},
+             "expr": f"sum by (job) ({base})"},
             {"record": f"job:prodlens_failures:rate{window}",
-             "expr": f'sum by (job) (rate({REQUESTS_METRIC}{{{ERROR_LABEL}="{FAILED_VALUE}"}}'
-                     f"[{window}]))"},
+             "expr": f'sum by (job) ({base}{{{ERROR_LABEL}="{FAILED_VALUE}"}})\n'
+                     f"or 0 * job:prodlens_requests:rate{window}"},
         ]
         for subgroup in options.subgroups:
             rules += _window_rules(subgroup, window)

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prodlens.alerting.rules import RuleOptions
 
 __all__ = ["add_commands", "rule_options"]
 
@@ -120,7 +123,7 @@ def add_commands(subparsers: Any) -> None:
     notify.set_defaults(handler=run_notify)
 
 
-def rule_options(args: argparse.Namespace) -> Any:
+def rule_options(args: argparse.Namespace) -> RuleOptions:
     """The :class:`RuleOptions` of ``prodlens rules``'s arguments and the configuration.
 
     Raises:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import gzip
 import json
 import os
 import resource
@@ -66,8 +67,13 @@ _DUCKDB_COLUMNS = (
 )
 
 
+def _pattern(directory: str) -> str:
+    """``*.jsonl``, or ``*.jsonl.gz`` in a gzipped copy (see ``ensure_gzip``)."""
+    return "*.jsonl.gz" if directory.endswith("-gz") else "*.jsonl"
+
+
 def _files(directory: str) -> list[str]:
-    return sorted(glob.glob(os.path.join(directory, "*.jsonl")))
+    return sorted(glob.glob(os.path.join(directory, _pattern(directory))))
 
 
 def run_contender(name: str, directory: str) -> dict[str, Any]:
@@ -93,7 +99,8 @@ def run_contender(name: str, directory: str) -> dict[str, Any]:
         start = time.perf_counter()
         rows = duckdb.sql(
             "WITH r AS (SELECT unnest(resourceSpans) AS rs FROM read_json("
-            f"'{directory}/*.jsonl', format='newline_delimited', columns={_DUCKDB_COLUMNS})), "
+            f"'{directory}/{_pattern(directory)}', format='newline_delimited', "
+            f"columns={_DUCKDB_COLUMNS})), "
             "s AS (SELECT unnest(sc.spans) AS span FROM "
             "(SELECT unnest(rs.scopeSpans) AS sc FROM r)) "
             f"SELECT list_filter(span.attributes, lambda a: a.key = '{ATTRIBUTE}')[1]"
@@ -112,7 +119,7 @@ def run_contender(name: str, directory: str) -> dict[str, Any]:
             "FROM (SELECT arrayJoin(JSONExtractArrayRaw(sc, 'spans')) AS span FROM "
             "(SELECT arrayJoin(JSONExtractArrayRaw(rs, 'scopeSpans')) AS sc FROM "
             "(SELECT arrayJoin(JSONExtractArrayRaw(json, 'resourceSpans')) AS rs FROM "
-            f"file('{directory}/*.jsonl', 'JSONAsString')))) GROUP BY v ORDER BY v",
+            f"file('{directory}/{_pattern(directory)}', 'JSONAsString')))) GROUP BY v ORDER BY v",
             "CSV",
         )
         return {"seconds": time.perf_counter() - start,
@@ -135,7 +142,10 @@ def parse_floor(name: str, directory: str) -> dict[str, Any]:
     start = time.perf_counter()
     lines = 0
     for path in _files(directory):
-        with open(path, "rb", buffering=READ_BUFFER) as stream:
+        raw = open(path, "rb", buffering=READ_BUFFER)  # noqa: SIM115 - closed below
+        # a gzipped copy is read as the engine reads it: GzipFile over the buffered file
+        stream = gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw
+        with raw, stream:
             for line in stream:
                 parse(line)
                 lines += 1
@@ -171,7 +181,7 @@ def chdb_load_and_slice(directory: str) -> dict[str, Any]:
         f"FROM (SELECT {resource_map} AS res, arrayJoin(JSONExtractArrayRaw(sc, 'spans')) "
         "AS span FROM (SELECT rs, arrayJoin(JSONExtractArrayRaw(rs, 'scopeSpans')) AS sc FROM "
         "(SELECT arrayJoin(JSONExtractArrayRaw(json, 'resourceSpans')) AS rs FROM "
-        f"file('{directory}/*.jsonl', 'JSONAsString'))))"
+        f"file('{directory}/{_pattern(directory)}', 'JSONAsString'))))"
     )
     loaded = time.perf_counter() - start
     report = slice_clickhouse(chdb_query(session), table="spans")
@@ -179,22 +189,35 @@ def chdb_load_and_slice(directory: str) -> dict[str, Any]:
             "result": f"(load {loaded:.2f} s) {report.verdict()}"}
 
 
-def measure(name: str, directory: str, repeat: int, baseline: str | None = None
-            ) -> dict[str, Any]:
-    """Run a contender in fresh interpreters; keep the fastest run (the least disturbed)."""
+def run_once(name: str, directory: str, baseline: str | None = None) -> dict[str, Any]:
+    """Run a contender once in a fresh interpreter (its own peak RSS)."""
     env = None
     if name == BASELINE:
         assert baseline is not None
         name = "prodlens slice"
         env = {**os.environ, "PYTHONPATH": os.path.abspath(baseline)}
-    runs = []
+    output = subprocess.run(
+        [sys.executable, __file__, "--contender", name, "--dir", directory],
+        capture_output=True, text=True, check=True, env=env,
+    ).stdout
+    return dict(json.loads(output.strip().splitlines()[-1]))
+
+
+def measure_all(names: list[str], directory: str, repeat: int, baseline: str | None = None
+                ) -> dict[str, dict[str, Any]]:
+    """Every contender ``repeat`` times, interleaved (round 1 of each, then round 2...), so a
+    busy spell of the machine hits them alike; the median time and the largest RSS are kept."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for _ in range(repeat):
-        output = subprocess.run(
-            [sys.executable, __file__, "--contender", name, "--dir", directory],
-            capture_output=True, text=True, check=True, env=env,
-        ).stdout
-        runs.append(dict(json.loads(output.strip().splitlines()[-1])))
-    return min(runs, key=lambda run: float(run["seconds"]))
+        for name in names:
+            runs[name].append(run_once(name, directory, baseline))
+    out = {}
+    for name, outcomes in runs.items():
+        ordered = sorted(outcomes, key=lambda run: float(run["seconds"]))
+        median = dict(ordered[len(ordered) // 2])
+        median["peak_rss_mb"] = max(float(run["peak_rss_mb"]) for run in outcomes)
+        out[name] = median
+    return out
 
 
 def ensure_data(data_dir: Path, traces: int) -> tuple[str, int]:
@@ -213,6 +236,21 @@ def ensure_data(data_dir: Path, traces: int) -> tuple[str, int]:
     return str(directory), truth.spans
 
 
+def ensure_gzip(directory: str) -> str:
+    """A copy of ``directory`` with every file gzipped (level 6, gzip's default), made once."""
+    target = directory + "-gz"
+    marker = os.path.join(target, ".done")
+    if not os.path.exists(marker):
+        os.makedirs(target, exist_ok=True)
+        for path in _files(directory):
+            with open(path, "rb") as source, gzip.open(
+                    os.path.join(target, os.path.basename(path) + ".gz"), "wb") as sink:
+                while chunk := source.read(1 << 20):
+                    sink.write(chunk)
+        Path(marker).write_text("")
+    return target
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="20000",
@@ -220,7 +258,10 @@ def main() -> int:
     parser.add_argument("--data-dir", default="/tmp/prodlens-bench")
     parser.add_argument("--only", help="comma-separated contenders to run")
     parser.add_argument("--repeat", type=int, default=1,
-                        help="runs per contender; the fastest is reported (default: 1)")
+                        help="interleaved runs per contender; the median is reported "
+                             "(default: 1)")
+    parser.add_argument("--gzip", action="store_true",
+                        help="also run every contender on a gzipped copy of the data")
     parser.add_argument("--baseline", metavar="SRC",
                         help=f"also time {BASELINE!r}: prodlens slice from SRC/prodlens")
     parser.add_argument("--contender", help=argparse.SUPPRESS)
@@ -237,14 +278,18 @@ def main() -> int:
             parser.error(f"--baseline {args.baseline}: no prodlens/ directory in it")
         contenders.insert(contenders.index("prodlens slice") + 1
                           if "prodlens slice" in contenders else len(contenders), BASELINE)
-    header = (f"{'traces':>8} {'spans':>10} {'contender':<18} {'seconds':>8} {'spans/s':>10} "
+    header = (f"{'traces':>11} {'spans':>10} {'contender':<18} {'seconds':>8} {'spans/s':>10} "
               f"{'peak RSS':>9} {'vs floor':>8} {'vs duckdb':>9} {'vs chdb':>8}")
     rows: list[str] = []
+    runs = []
     for size in (int(s) for s in args.sizes.split(",")):
         directory, spans = ensure_data(Path(args.data_dir), size)
+        runs.append((size, directory, spans, ""))
+        if args.gzip:
+            runs.append((size, ensure_gzip(directory), spans, " gz"))
+    for size, directory, spans, label in runs:
         size_mb = sum(os.path.getsize(p) for p in _files(directory)) / 1e6
-        results = {name: measure(name, directory, args.repeat, args.baseline)
-                   for name in contenders}
+        results = measure_all(contenders, directory, args.repeat, args.baseline)
         for name, outcome in results.items():
             seconds = outcome["seconds"]
 
@@ -255,11 +300,11 @@ def main() -> int:
                 return f"{seconds / results[other]['seconds']:.2f}x"
 
             rows.append(
-                f"{size:>8,} {spans:>10,} {name:<18} {seconds:>8.2f} {spans / seconds:>10,.0f} "
+                f"{size:>8,}{label:<3} {spans:>10,} {name:<18} {seconds:>8.2f} {spans / seconds:>10,.0f} "
                 f"{outcome['peak_rss_mb']:>7.0f}MB {ratio('orjson floor'):>8} "
                 f"{ratio('duckdb group-by'):>9} {ratio('chdb group-by'):>8}"
             )
-            print(f"{size:,} traces ({size_mb:.0f} MB) {name}: {outcome['result'][:110]}",
+            print(f"{size:,}{label} traces ({size_mb:.0f} MB) {name}: {outcome['result'][:110]}",
                   file=sys.stderr)
     print(header)
     print("\n".join(rows))

@@ -117,6 +117,7 @@ def test_pseudonymised_customers_are_flagged(tmp_path: Path) -> None:
     assert [c["customer"] for c in report["customers"]] == ["p-0"]
     assert report["customers"][0]["failures"] == 4
     assert report["customers"][0]["requests"] == 8
+    assert report["counts"] == "requests (traces)"
 
 
 def test_errors_exit_2_with_a_clear_message(tmp_path: Path) -> None:
@@ -150,3 +151,15 @@ def test_commands_import_without_the_extra() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_affected_table_fits_80_columns_and_counts_requests(planted_dir: Path) -> None:
+    result = prodlens("affected", str(planted_dir), "--format", "table", env={"COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert lines[0].split() == ["failed", "requests"]  # the header says what is counted
+    assert lines[1].split()[:3] == ["customer", "requests", "(traces)"]
+    assert "left out to fit 80 columns: first failure, last failure" in " ".join(lines)
+    wide = prodlens("affected", str(planted_dir), "--format", "table", env={"COLUMNS": "200"})
+    assert "left out" not in wide.stdout and "first failure" in wide.stdout

@@ -44,6 +44,7 @@ from prodlens.analysis._model import (
     is_candidate_key,
 )
 from prodlens.analysis._reader import ReadProgress, load_otlp
+from prodlens.analysis._records import CustomerFailures, ResourceInfo, Unit
 from prodlens.analysis._table import Row, Signature, SignatureTable
 
 if TYPE_CHECKING:  # msgspec is imported through load_otlp, when files are read
@@ -60,64 +61,6 @@ _NO_SPAN: Final = object()
 _IGNORED: Final[dict[str, int]] = {}  # not needed at all
 _WANTED: Final[dict[str, int]] = {}  # its text is needed: a customer attribute, the route...
 _STATUS: Final[dict[str, int]] = {}  # an HTTP status: a 5xx fails the unit (failure=root)
-
-
-class Unit:
-    """One unit, counted in its row when made; its failure is settled when it closes.
-
-    Attributes:
-        signature: Its candidate items (sorted item ids), as of ``epoch``.
-        error: Its own root span failed (ERROR, or 5xx under ``failure=root``).
-        epoch: The table's epoch when the signature was made (see :mod:`._table`).
-        row: The row it was counted in.
-        trace: Hash of its trace id (failed traces are counted by it).
-        customer: The customer, or ``""``.
-        start: Start time (Unix nanoseconds).
-        operation: Route or span name (``affected`` only).
-        cohorts: Cohort attribute -> value (``affected`` only; read whatever the table keeps).
-    """
-
-    __slots__ = ("cohorts", "customer", "epoch", "error", "operation", "row", "signature",
-                 "start", "trace")
-
-    def __init__(self, signature: Signature, error: bool, epoch: int, row: Row, trace: int,
-                 customer: str, start: int, operation: str, cohorts: dict[str, str] | None
-                 ) -> None:
-        self.signature = signature
-        self.error = error
-        self.epoch = epoch
-        self.row = row
-        self.trace = trace
-        self.customer = customer
-        self.start = start
-        self.operation = operation
-        self.cohorts = cohorts
-
-
-class _ResourceInfo:
-    """A resource's attributes converted once: text, candidate items, service, cohorts."""
-
-    __slots__ = ("cohorts", "items", "service", "texts")
-
-    def __init__(self, texts: dict[str, str], items: dict[str, int], cohorts: dict[str, str]
-                 ) -> None:
-        self.texts = texts
-        self.items = items
-        self.service = texts.get("service.name", "")
-        self.cohorts = cohorts
-
-
-class _Customer:
-    """What ``affected`` keeps of a customer with failures."""
-
-    __slots__ = ("cohorts", "failed_traces", "first", "last", "operations")
-
-    def __init__(self, start: int) -> None:
-        self.failed_traces: set[int] = set()
-        self.first = start
-        self.last = start
-        self.operations: set[str] = set()
-        self.cohorts: dict[str, set[str]] = {}
 
 
 def _position(spans: Any, span: Any) -> int:
@@ -164,7 +107,7 @@ class EmbeddedAggregates(SignatureTable):
         self._until = options.filters.until_ns
         self._where = options.filters.where
         # resource attributes (their raw JSON) -> converted once; cleared when keys are dropped
-        self._resources: dict[bytes, _ResourceInfo] = {}
+        self._resources: dict[bytes, ResourceInfo] = {}
         # a unit's items in attribute order -> its signature (sorted); see _record
         self._sorted: dict[tuple[int, ...], Signature] = {}
         # ... and -> (its signature, its row) while no attribute is dropped (rows are merged).
@@ -181,7 +124,7 @@ class EmbeddedAggregates(SignatureTable):
         self._groups: OpenGroups[Unit] = OpenGroups(options.max_open_groups, self._add_unit)
         # customer -> hashes of their traces, and what affected lists of their failures
         self._requests: dict[str, set[int]] = {}
-        self._customers: dict[str, _Customer] = {}
+        self._customers: dict[str, CustomerFailures] = {}
         self._cohort_prefix = attributes.DEFAULT_COHORT_PREFIX
 
     @property
@@ -204,7 +147,7 @@ class EmbeddedAggregates(SignatureTable):
                     self._consume_other(spans, resource, progress)
         self._groups.trim()
 
-    def _consume_roots(self, spans: Sequence[Span], resource: _ResourceInfo,
+    def _consume_roots(self, spans: Sequence[Span], resource: ResourceInfo,
                        progress: ReadProgress) -> None:
         # The hot loop (--unit root, --failure root): a unit is its local root span alone, so
         # every other span leaves after three attribute reads.
@@ -227,7 +170,7 @@ class EmbeddedAggregates(SignatureTable):
             raise
         progress.spans += len(spans)
 
-    def _consume_other(self, spans: Sequence[Span], resource: _ResourceInfo,
+    def _consume_other(self, spans: Sequence[Span], resource: ResourceInfo,
                        progress: ReadProgress) -> None:
         unit_kind = self.options.unit
         by_root = self._by_root
@@ -308,7 +251,7 @@ class EmbeddedAggregates(SignatureTable):
         if fresh > self.options.max_values:
             self._drop({key})
 
-    def _resource(self, resource: Resource | None) -> _ResourceInfo:
+    def _resource(self, resource: Resource | None) -> ResourceInfo:
         """A resource's converted attributes, cached by their JSON text: many spans and lines
         share a resource."""
         cache_key = bytes(resource.attributes) if resource is not None else b""
@@ -335,8 +278,18 @@ class EmbeddedAggregates(SignatureTable):
                 candidates[key] = item if item is not None else self._intern(key, values, text)
         if len(self._resources) >= _RESOURCE_CACHE:
             self._resources.clear()
-        found = self._resources[cache_key] = _ResourceInfo(texts, candidates, cohorts)
+        found = self._resources[cache_key] = ResourceInfo(texts, candidates, cohorts)
         return found
+
+    def _answered_5xx(self, value: Any) -> bool:
+        """An HTTP status value is 5xx, as its text ``5dd`` would say."""
+        code = getattr(value, "intValue", None)  # OTLP/JSON writes int64 as a string
+        if code.__class__ is str:
+            return _is_5xx(code)
+        if isinstance(code, int):
+            return 500 <= code <= 599
+        text = value.stringValue
+        return _is_5xx(text if text.__class__ is str else str(self._text(value)))
 
     def _intern_status(self, key: str, values: dict[str, int], text: str) -> int:
         item = self._intern(key, values, text)
@@ -344,7 +297,7 @@ class EmbeddedAggregates(SignatureTable):
             self._status_items.add(item)
         return item
 
-    def _record(self, resource: _ResourceInfo, span: Span, error: bool) -> Unit | None:
+    def _record(self, resource: ResourceInfo, span: Span, error: bool) -> Unit | None:
         # The hot path past decoding: only candidate and wanted attributes are turned into text,
         # and the signature is built from interned ints on a copy of the resource's items.
         start = int(span.startTimeUnixNano or 0)
@@ -383,15 +336,17 @@ class EmbeddedAggregates(SignatureTable):
             if values is _IGNORED:
                 continue
             value = attribute.value
+            if values is _STATUS:  # a 5xx fails the unit; read as OTLP/JSON writes int64
+                if not error and value is not None:
+                    code = getattr(value, "intValue", None)
+                    error = (len(code) == 3 and code[0] == "5" and code.isdigit()
+                             if code.__class__ is str else self._answered_5xx(value))
+                continue
             text = value.stringValue if value is not None else None
             if text.__class__ is not str:
                 text = self._text(value)
             if values is _WANTED:
                 wanted[key] = text
-                continue
-            if values is _STATUS:
-                if not error and _is_5xx(text):
-                    error = True
                 continue
             if track:
                 wanted[key] = text
@@ -473,7 +428,7 @@ class EmbeddedAggregates(SignatureTable):
         return Unit(signature, error, epoch, row, trace_hash, customer, start, operation,
                     cohorts)
 
-    def _cohorts(self, resource: _ResourceInfo, wanted: dict[str, str]) -> dict[str, str]:
+    def _cohorts(self, resource: ResourceInfo, wanted: dict[str, str]) -> dict[str, str]:
         """A unit's cohort values as ClickHouse sees them: span attributes over the resource's,
         then values too long to be a subgroup value left out."""
         prefix = self._cohort_prefix
@@ -518,7 +473,7 @@ class EmbeddedAggregates(SignatureTable):
     def _add_failure(self, customer: str, unit: Unit) -> None:
         detail = self._customers.get(customer)
         if detail is None:
-            detail = self._customers[customer] = _Customer(unit.start)
+            detail = self._customers[customer] = CustomerFailures(unit.start)
         detail.failed_traces.add(unit.trace)
         detail.first = min(detail.first, unit.start)
         detail.last = max(detail.last, unit.start)

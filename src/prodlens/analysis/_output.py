@@ -128,8 +128,8 @@ def _columns(width: int | None) -> int:
 
 
 def _rich_table(header: Sequence[tuple[str, bool]], rows: Sequence[Sequence[str]],
-                width: int, *, fold_first: bool = True) -> str:
-    """A table fitted to ``width`` columns by rich: the first column folds onto more lines
+                width: int, *, fold: Sequence[int] = (0,)) -> str:
+    """A table fitted to ``width`` columns by rich: the ``fold`` columns wrap onto more lines
     (attribute names are what you paste into a query: never cut), others may be elided."""
     from rich import box
     from rich.console import Console
@@ -138,10 +138,10 @@ def _rich_table(header: Sequence[tuple[str, bool]], rows: Sequence[Sequence[str]
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, expand=False,
                   padding=(0, 1), collapse_padding=True)
     for index, (name, right) in enumerate(header):
-        first = index == 0 and fold_first
+        folded = index in fold
         table.add_column(name, justify="right" if right else "left",
-                         overflow="fold" if first else "ellipsis", no_wrap=not first,
-                         min_width=20 if first else None)
+                         overflow="fold" if folded else "ellipsis", no_wrap=not folded,
+                         min_width=20 if index == 0 and folded else None)
     for row in rows:
         table.add_row(*row)
     console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False,
@@ -270,16 +270,69 @@ def render_affected_json(report: AffectedReport) -> str:
             for c in report.customers
         ],
         "pseudonymised": report.pseudonymised,
+        # what "failures" and "requests" count: a customer's traces, not per-service units
+        "counts": "requests (traces)",
         "input": {"spans": report.input.spans, "malformed": report.input.malformed,
                   "malformed_examples": list(report.input.malformed_examples)},
     }, ensure_ascii=False)
 
 
 def render_affected_table(report: AffectedReport, width: int | None = None) -> str:
-    """A table fitting the terminal (or ``width``), for reading; counts are requests."""
-    header, rows = _affected_rows(report)
-    if not rows:
+    """A table fitting the terminal (or ``width``), for reading; counts are requests (traces).
+
+    Shorter than the CSV for the eye: times to the second with a space, operations separated
+    by ``"; "``, and cohort columns named without the ``prodlens.cohort.`` prefix (said below
+    the table), so that cells wrap at spaces.
+    """
+    from prodlens import attributes
+
+    header, _ = _affected_rows(report)
+    if not report.customers:
         return "no customer saw a failed request"
-    titles = {"failures": "failed requests", "requests": "requests (traces)"}
-    columns = [(titles.get(name, name), name in titles) for name in header]
-    return _rich_table(columns, rows, _columns(width))
+    prefix = attributes.DEFAULT_COHORT_PREFIX
+    cohort_keys = header[len(AFFECTED_COLUMNS):]
+
+    def when(ns: int) -> str:
+        return iso_utc(ns)[:19].replace("T", " ")
+
+    rows = [
+        [c.customer, f"{c.failures:,}", f"{c.requests:,}", when(c.first_failure_ns),
+         when(c.last_failure_ns), "; ".join(c.operations),
+         *("; ".join(c.cohorts.get(key, ())) for key in cohort_keys)]
+        for c in report.customers
+    ]
+    columns = [("customer", False), ("failed\nrequests", True), ("requests\n(traces)", True),
+               ("first failure\n(UTC)", False), ("last failure\n(UTC)", False),
+               ("operations", False),
+               *((key.removeprefix(prefix), False) for key in cohort_keys)]
+    # The customer and the counts stay whole; times, operations and cohorts wrap, each to no
+    # less than _MIN_WRAPPED; past that, columns are left out, the least needed first.
+    available = _columns(width)
+    hidden: list[str] = []
+    order = [3, 4, *range(len(columns) - 1, 5, -1), 5]
+    while _narrowest(columns, rows) > available and order:
+        index = order.pop(0)
+        hidden.append(columns[index][0].split("\n")[0])
+        columns = columns[:index] + columns[index + 1:]
+        rows = [row[:index] + row[index + 1:] for row in rows]
+        order = [i - 1 if i > index else i for i in order]
+    table = _rich_table(columns, rows, available, fold=range(3, len(columns)))
+    if any(key.startswith(prefix) for key in cohort_keys):
+        table += "\n" + _fold(f"cohort columns are the attributes {prefix}<name>", available)
+    if hidden:
+        table += "\n" + _fold(f"left out to fit {available} columns: {', '.join(hidden)} "
+                              "(a wider terminal, or --format csv)", available)
+    return table
+
+
+_MIN_WRAPPED: Final = 12
+
+
+def _narrowest(columns: Sequence[tuple[str, bool]], rows: Sequence[Sequence[str]]) -> int:
+    """The narrowest the table can be: whole first three columns, the rest wrapped."""
+    total = 0
+    for index, (name, _) in enumerate(columns):
+        natural = max(max(len(part) for part in name.split("\n")),
+                      *(len(row[index]) for row in rows))
+        total += (natural if index < 3 else min(natural, _MIN_WRAPPED)) + 2
+    return total

@@ -13,6 +13,7 @@ Example::
     prodlens demo                       # writes ./prodlens-demo/
     prodlens demo --out /tmp/demo --requests 1000 --seed 3
     prodlens demo --keep                # then send your own requests to the shop
+    prodlens demo --live                # watch finds the outage and messages the customers
 """
 
 from __future__ import annotations
@@ -84,6 +85,11 @@ def add_commands(subparsers: Any) -> None:
                         help="seed of the traffic's random choices (default: 7)")
     parser.add_argument("--port", type=_port, default=0,
                         help="the shop's port on 127.0.0.1 (default: a free one)")
+    parser.add_argument("--live", action="store_true",
+                        help="run 'prodlens watch' beside the shop instead: deploy the bug "
+                             "mid-run, see the incident open and the affected customers "
+                             "messaged (a local webhook prints what it gets), then the fix "
+                             "and the resolve (about a minute)")
     parser.add_argument("--keep", action="store_true",
                         help="leave the shop running after the analysis, until Ctrl-C")
     parser.set_defaults(handler=run_demo)
@@ -116,17 +122,12 @@ def _port(text: str) -> int:
 
 
 def _write_affected_csv(spans: Path, csv_path: Path) -> None:
-    """Write the CSV with the ``prodlens affected`` command itself, in this process."""
-    from prodlens import cli
+    """Write the CSV ``prodlens affected`` writes: the analysis API and its CSV renderer."""
+    from prodlens.analysis import affected_customers
+    from prodlens.analysis._output import render_affected_csv
 
-    try:
-        with open(csv_path, "w", encoding="utf-8", newline="") as stream, \
-                contextlib.redirect_stdout(stream):
-            status = cli.main(["affected", str(spans), "--no-progress"])
-    except SystemExit as error:  # argparse refused the arguments
-        status = error.code if isinstance(error.code, int) else 2
-    if status != 0:
-        raise DemoError(f"prodlens affected exited with status {status}")
+    report = affected_customers([spans])
+    csv_path.write_text(render_affected_csv(report), encoding="utf-8", newline="")
 
 
 def _read_affected(csv_path: Path) -> frozenset[str]:
@@ -204,6 +205,14 @@ def run_demo(args: argparse.Namespace) -> int:
         _say(f"prodlens demo: cannot use {args.out}: {error}", sys.stderr)
         return 2
     try:
+        if getattr(args, "live", False):
+            from prodlens.demo._live import run_live
+
+            _say("prodlens demo --live: prodlens watch follows a running shop's spans; a bug is "
+                 "deployed mid-run,\nprodlens opens an incident by itself and messages the "
+                 "affected customers; then the fix.")
+            _say()
+            return run_live(args, out, spans, env, started, _say)
         return _run(args, out, spans, env, started)
     except DemoError as error:
         _say(f"prodlens demo: {error}", sys.stderr)

@@ -21,6 +21,10 @@ table that nobody filled in for ``eu-west``, so every cart and checkout of those
 with a ``KeyError`` (HTTP 500). Everyone else is served, apart from a rare payment-gateway
 timeout (HTTP 502) that the traffic driver triggers with a test card.
 
+``prodlens demo --live`` deploys the bug and its fix while the shop runs: the shop starts with
+the bug switched off when ``DEMO_SHOP_OUTAGE=off``, and ``POST /_demo/outage`` with the body
+``on`` or ``off`` switches it (the new tax table without and with ``eu-west``).
+
 The server listens on 127.0.0.1 only. SIGINT or SIGTERM stops it cleanly, so the SDK's exit
 hook flushes every span; it also stops by itself when the process that started it goes away.
 """
@@ -65,6 +69,8 @@ TAX_RATES: Final = {"us-east": Decimal("0.07"), "us-west": Decimal("0.09"),
 #: The new checkout's tax table, migrated from the tax service: eu-west was forgotten.
 NEW_TAX_RATES: Final = {"us-east": Decimal("0.07"), "us-west": Decimal("0.09"),
                         "ap-south": Decimal("0.18")}
+#: eu-west's rate, once the fix has put it into the new tax table.
+FIXED_TAX_RATE: Final = Decimal("0.20")
 #: The card the payment gateway never answers for (a test card of the gateway's sandbox).
 TIMEOUT_CARD: Final = "tok_gateway_timeout"
 
@@ -132,15 +138,23 @@ class Database:
             cursor.close()
 
 
-def _tax_rate(region: str, new_checkout: bool) -> Decimal:
+def _tax_rate(region: str, new_checkout: bool, outage: threading.Event) -> Decimal:
     if new_checkout:
+        if not outage.is_set() and region == "eu-west":
+            return FIXED_TAX_RATE
         return NEW_TAX_RATES[region]  # KeyError for eu-west: the planted bug
     return TAX_RATES.get(region, Decimal("0"))
 
 
-def create_app(database: Database) -> Flask:
-    """The shop's Flask application: products, a cart per customer, and checkout."""
+def create_app(database: Database, *, outage: bool = True) -> Flask:
+    """The shop's Flask application: products, a cart per customer, and checkout.
+
+    ``outage``: start with the bug deployed (``POST /_demo/outage`` switches it).
+    """
     app = Flask("prodlens_demo_shop")
+    deployed = threading.Event()
+    if outage:
+        deployed.set()
 
     @app.teardown_request
     def release_connection(error: BaseException | None) -> None:
@@ -156,7 +170,7 @@ def create_app(database: Database) -> Flask:
         subtotal = sum((Decimal(price) * quantity for _, _, price, quantity in rows),
                        Decimal("0"))
         new_checkout = request.headers.get("x-flag-new-checkout") == "on"
-        rate = _tax_rate(request.headers.get("x-region", ""), new_checkout)
+        rate = _tax_rate(request.headers.get("x-region", ""), new_checkout, deployed)
         tax = (subtotal * rate).quantize(Decimal("0.01"))
         return {"items": [{"id": i, "name": n, "quantity": q} for i, n, _, q in rows],
                 "subtotal": str(subtotal), "tax": str(tax), "total": str(subtotal + tax)}
@@ -164,6 +178,17 @@ def create_app(database: Database) -> Flask:
     @app.get("/health")
     def health() -> Response:
         return jsonify(status="ok")
+
+    @app.post("/_demo/outage")
+    def switch_outage() -> tuple[Response, int]:
+        wanted = request.get_data(as_text=True).strip()
+        if wanted not in ("on", "off"):
+            return jsonify(error="expected on or off"), 400
+        if wanted == "on":
+            deployed.set()
+        else:
+            deployed.clear()
+        return jsonify(outage=wanted), 200
 
     @app.get("/api/products")
     def products() -> Response:
@@ -257,7 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="prodlens-shop-"))
     try:
         database = Database(args.db or workdir / "shop.sqlite3")
-        server = make_server(HOST, args.port, create_app(database), threaded=True,
+        outage = os.environ.get("DEMO_SHOP_OUTAGE", "on") != "off"
+        server = make_server(HOST, args.port, create_app(database, outage=outage), threaded=True,
                              request_handler=_QuietHandler)
         if args.exit_with_parent:
             threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True,

@@ -172,7 +172,7 @@ def make_customers(rng: random.Random, count: int) -> list[Customer]:
     return customers
 
 
-def _session(rng: random.Random, customer: Customer) -> list[Request]:
+def _session(rng: random.Random, customer: Customer, timeout_share: float) -> list[Request]:
     """Browse, fill the cart, look at it, usually check out."""
     requests = [Request(customer, "GET", "/api/products")]
     for _ in range(rng.randint(0, 2)):
@@ -183,21 +183,22 @@ def _session(rng: random.Random, customer: Customer) -> list[Request]:
     if rng.random() < 0.7:
         requests.append(Request(customer, "GET", "/api/cart"))
     if rng.random() < 0.6:
-        card = TIMEOUT_CARD if rng.random() < _TIMEOUT_CARD_SHARE else "tok_visa"
+        card = TIMEOUT_CARD if rng.random() < timeout_share else "tok_visa"
         requests.append(Request(customer, "POST", "/api/checkout",
                                 json.dumps({"card": card}).encode()))
     return requests
 
 
-def plan_sessions(rng: random.Random, customers: Sequence[Customer],
-                  requests: int) -> list[list[Request]]:
-    """Shopping sessions totalling exactly ``requests`` requests (the last one is cut short)."""
+def plan_sessions(rng: random.Random, customers: Sequence[Customer], requests: int, *,
+                  timeout_share: float = _TIMEOUT_CARD_SHARE) -> list[list[Request]]:
+    """Shopping sessions totalling exactly ``requests`` requests (the last one is cut short);
+    ``timeout_share`` of checkouts use the card the payment gateway times out on."""
     weights = [_ACTIVITY[customer.cohorts["plan"]] for customer in customers]
     sessions: list[list[Request]] = []
     planned = 0
     while planned < requests:
         customer = rng.choices(customers, weights)[0]
-        session = _session(rng, customer)[: requests - planned]
+        session = _session(rng, customer, timeout_share)[: requests - planned]
         sessions.append(session)
         planned += len(session)
     return sessions
@@ -290,7 +291,9 @@ class _Client:
 
 def run_traffic(host: str, port: int, sessions: Sequence[Sequence[Request]], *, clients: int = 8,
                 progress: Callable[[int], None] | None = None,
-                stop: threading.Event | None = None, deadline: float = 120.0) -> TrafficResult:
+                stop: threading.Event | None = None, deadline: float = 120.0,
+                on_response: Callable[[Request, int, float], None] | None = None
+                ) -> TrafficResult:
     """Play the sessions against ``host:port`` from ``clients`` threads, each session in order.
 
     Args:
@@ -301,6 +304,8 @@ def run_traffic(host: str, port: int, sessions: Sequence[Sequence[Request]], *, 
         progress: Called from this thread with the number of requests answered so far.
         stop: Set it to stop early (the clients finish their current request).
         deadline: Seconds after which the traffic stops, whatever is left.
+        on_response: Called from the client threads with each request, its status and the
+            wall-clock time (Unix seconds) it was sent.
 
     Returns:
         What the customers saw.
@@ -324,6 +329,7 @@ def run_traffic(host: str, port: int, sessions: Sequence[Sequence[Request]], *, 
                 for request in session:
                     if stop.is_set():
                         return
+                    sent_at = time.time()
                     status = client.send(request)
                     customer = request.customer
                     with lock:
@@ -334,6 +340,8 @@ def run_traffic(host: str, port: int, sessions: Sequence[Sequence[Request]], *, 
                             result.planted_customers.add(customer.id)
                         if _failed(status):
                             result.failed_customers[customer.id] += 1
+                    if on_response is not None:
+                        on_response(request, status, sent_at)
         finally:
             client.close()
 

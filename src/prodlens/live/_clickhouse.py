@@ -31,7 +31,7 @@ from prodlens.analysis._slicing import build_report
 from prodlens.analysis._table import Counts
 from prodlens.incidents import IncidentManager, iso
 from prodlens.live._detect import Detector, Evaluation, Item
-from prodlens.live._watch import WatchOptions, watch_name
+from prodlens.live._watch import WatchOptions, tested_options, watch_name
 
 _STATE = """
 CREATE TABLE IF NOT EXISTS watch_checkpoints (
@@ -144,10 +144,14 @@ class ClickHouseWatcher:
         evaluations = []
         while self._last_at + every + self.options.grace <= newest:
             at = self._last_at + every
-            view = ClickHouseView(self._run, self.options.slice, self.table,
-                                  at - self.options.window, at, every)
+            tested = tested_options(self.options)
+            view = ClickHouseView(self._run, tested, self.table, at - self.options.window, at,
+                                  every)
+            recent = (ClickHouseView(self._run, tested, self.table, at - self.options.recent,
+                                     at, every)
+                      if 0 < self.options.recent < self.options.window else None)
             try:
-                evaluation = self.detector.evaluate(view, at)
+                evaluation = self.detector.evaluate(view, at, recent=recent)
             except ClickHouseError as error:
                 self.errors += 1
                 self.last_error = str(error)

@@ -17,12 +17,17 @@ and ``span.name=GET /x``, or a subgroup nested in another) are one explanation: 
 most failures, then the smallest, wins. A finding that overlaps a firing incident keeps that
 incident alive instead of opening another.
 
+An onset shows in the last minute (``recent``) well before it outweighs minutes of healthy traffic
+in the whole window, so each evaluation also ranks that recent window; a finding of either
+counts, and each of the two reports is tested at half of ``alpha``.
+
 An incident resolves once the subgroup has not met the rules for ``resolve_after`` seconds of
 span time (so between ``resolve_after`` and ``window + resolve_after`` after the fix).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -132,19 +137,37 @@ class Detector:
 
     def _started(self, items: tuple[Item, ...], window: WindowView, rest_rate: float,
                  at: float) -> float:
-        """When the subgroup started failing: the start of the oldest bucket of the run of
-        buckets, ending now, in which it failed more often than the rest (empty buckets do not
-        break the run)."""
-        started = at
-        for start, units, failures in reversed(list(window.bucket_counts(items))):
-            if not units:
+        """When the subgroup started failing: the change point of its failure rate.
+
+        For each bucket start ``s`` in the window, the log-likelihood ratio of "the subgroup
+        fails at its own rate from ``s`` on" against "it fails at the rest's rate" (a CUSUM
+        with the rate after ``s`` estimated); the ``s`` that maximises it is the onset. At low
+        traffic a bucket may hold no failure by chance, which is why this looks at the whole
+        suffix instead of stopping at the first quiet bucket.
+        """
+        counts = list(window.bucket_counts(items))
+        units = failures = 0
+        total, _, _ = window.totals()
+        # a rest that never failed still has some rate: half a failure in its units
+        base = max(rest_rate, 0.5 / max(1, total))
+        best, started = 0.0, at
+        for start, bucket_units, bucket_failures in reversed(counts):
+            units += bucket_units
+            failures += bucket_failures
+            if not units or not failures:
                 continue
-            if failures / units <= rest_rate:
-                break
-            started = start
+            rate = failures / units
+            if rate <= base:
+                continue
+            score = failures * math.log(rate / base)
+            if rate < 1.0:
+                score += (units - failures) * math.log((1.0 - rate) / (1.0 - base))
+            if score > best:
+                best, started = score, start
         return started
 
-    def evaluate(self, window: WindowView, at: float, *, live: bool = True) -> Evaluation:
+    def evaluate(self, window: WindowView, at: float, *, live: bool = True,
+                 recent: WindowView | None = None) -> Evaluation:
         """Evaluate the window at span time ``at``.
 
         Args:
@@ -153,11 +176,19 @@ class Detector:
             live: False while a restarted ``watch`` replays spans it had already evaluated:
                 firing incidents still get their customers (each once), but nothing opens or
                 resolves a second time.
+            recent: The last minute or so of the same window. An onset shows there well
+                before it outweighs minutes of healthy traffic in the whole window; a finding
+                of either counts (each report tested at half the significance level).
         """
         report = window.report()
         units, failures, _ = window.totals()
         result = Evaluation(at, units, failures)
         qualified = [finding for finding in report.findings if self.qualifies(finding)]
+        if recent is not None:
+            known = {subgroup_key(finding.subgroup) for finding in qualified}
+            qualified += [finding for finding in recent.report().findings
+                          if self.qualifies(finding)
+                          and subgroup_key(finding.subgroup) not in known]
         result.qualified = qualified
         explanations = self._explanations(qualified, window)
         firing = {subgroup_key(incident.subgroup): incident

@@ -13,6 +13,7 @@ once; nothing opens or resolves twice).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -33,7 +34,6 @@ from prodlens.analysis._reader import (
 from prodlens.incidents import IncidentManager, Ledger, iso
 from prodlens.live._detect import DetectOptions, Detector, Evaluation
 from prodlens.live._follow import Follower
-from prodlens.live._slow import mark_slow
 from prodlens.live._window import BucketBuilder, WindowAggregates
 
 #: A span time further than this ahead of what was read so far is not trusted to move time.
@@ -58,6 +58,8 @@ class WatchOptions:
         every: Seconds of span time between evaluations (the bucket size).
         grace: Seconds of span time waited past a bucket's end for late spans.
         poll: Wall-clock seconds between looks at the files when nothing new was read.
+        recent: Seconds of span time of the recent window also evaluated (0: none); both
+            reports are tested at half of ``slice.alpha``.
         from_start: Read files that exist at start from their beginning.
         slow_after: Seconds after which a unit counts as failed (``--slower-than``), or None.
         slice: The engine's options (unit, filters, thresholds, ``alpha``).
@@ -66,12 +68,21 @@ class WatchOptions:
 
     window: float = 300.0
     every: float = 10.0
+    recent: float = 30.0
     grace: float = 5.0
     poll: float = 1.0
     from_start: bool = False
     slow_after: float | None = None
     slice: SliceOptions = field(default_factory=lambda: SliceOptions(alpha=1e-5))
     detect: DetectOptions = field(default_factory=DetectOptions)
+
+
+def tested_options(options: WatchOptions) -> SliceOptions:
+    """The engine's options for each report: half of ``alpha`` each when two windows are
+    ranked, so the family-wise level per evaluation stays ``alpha``."""
+    if 0 < options.recent < options.window:
+        return dataclasses.replace(options.slice, alpha=options.slice.alpha / 2)
+    return options.slice
 
 
 def watch_name(paths: Sequence[str]) -> str:
@@ -107,7 +118,9 @@ class Watcher:
         self._on_evaluation = on_evaluation
         self.name = watch_name([str(path) for path in paths])
         self.detector = Detector(manager, options.detect, every=options.every)
-        self.window = WindowAggregates(options.slice)
+        self.window = WindowAggregates(tested_options(options))
+        self.recent = (WindowAggregates(tested_options(options))
+                       if 0 < options.recent < options.window else None)
         self.builder = BucketBuilder(options.slice, options.every)
         self.progress: ReadProgress = self.builder.progress
         self._decode = load_decoder()
@@ -117,6 +130,12 @@ class Watcher:
         self.replay_until = -math.inf
         self._slow_ns = (None if options.slow_after is None
                          else int(options.slow_after * 1_000_000_000))
+        self._mark_slow: Callable[[bytes, Any, int], int] | None = None
+        if self._slow_ns is not None:
+            # imports msgspec (the analyze extra), like the engine's reader: only when reading
+            from prodlens.live._slow import mark_slow
+
+            self._mark_slow = mark_slow
         self.evaluations = 0
         self.last_evaluation: Evaluation | None = None
         with self.ledger.write() as db:
@@ -183,8 +202,8 @@ class Watcher:
         assert self._next is not None
         index = max(self.builder.index(seconds), self._next)  # late: the oldest open bucket
         self.progress.line = line
-        if self._slow_ns is not None:
-            mark_slow(line, request, self._slow_ns)
+        if self._mark_slow is not None and self._slow_ns is not None:
+            self._mark_slow(line, request, self._slow_ns)
         try:
             self.builder.aggregates(index).consume(request, self.progress)
         except (KeyError, TypeError, AttributeError, ValueError) as error:
@@ -201,12 +220,15 @@ class Watcher:
             at = self._next * every
             self.window.add(bucket)
             self.window.evict_before(at - self.options.window)
+            if self.recent is not None:
+                self.recent.add(bucket)
+                self.recent.evict_before(at - self.options.recent)
             evaluations.append(self._evaluate(at))
         return evaluations
 
     def _evaluate(self, at: float) -> Evaluation:
         live = at > self.replay_until
-        evaluation = self.detector.evaluate(self.window, at, live=live)
+        evaluation = self.detector.evaluate(self.window, at, live=live, recent=self.recent)
         self.evaluations += 1
         self.last_evaluation = evaluation
         self._checkpoint(at)

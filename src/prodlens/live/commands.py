@@ -111,6 +111,9 @@ def add_commands(subparsers: Any) -> None:
                        help="span time evaluated at once (default: 5m)")
     rules.add_argument("--every", type=parse_duration, default=10.0, metavar="DURATION",
                        help="span time between evaluations (default: 10s)")
+    rules.add_argument("--recent", type=parse_duration, default=30.0, metavar="DURATION",
+                       help="also rank the last DURATION of the window, where an onset shows "
+                            "first (default: 30s; as long as --window turns it off)")
     rules.add_argument("--resolve-after", type=parse_duration, default=300.0,
                        metavar="DURATION", help="resolve an incident once its subgroup has "
                        "been healthy this long (default: 5m)")
@@ -211,11 +214,16 @@ def _run_watch(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"prodlens watch: {error}", file=sys.stderr)
         return 2
+    if args.clickhouse and args.slower_than is not None:
+        print("prodlens watch: --slower-than works on files only (the ClickHouse SQL reads "
+              "span status, not durations)", file=sys.stderr)
+        return 2
     if args.every > args.window:
         print("prodlens watch: --every must not be longer than --window", file=sys.stderr)
         return 2
     options = WatchOptions(
-        window=args.window, every=args.every, from_start=args.from_start, poll=args.poll,
+        window=args.window, every=args.every, recent=args.recent, from_start=args.from_start,
+        poll=args.poll,
         slow_after=args.slower_than,
         slice=SliceOptions(filters=Filters(where=tuple(args.where)), min_units=args.min_units,
                            min_failures=args.min_failures, alpha=args.alpha),

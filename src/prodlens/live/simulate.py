@@ -28,7 +28,7 @@ from pathlib import Path
 
 from prodlens.incidents import Incident, IncidentManager, Ledger, NotifyOptions
 from prodlens.live._detect import Detector
-from prodlens.live._watch import WatchOptions
+from prodlens.live._watch import WatchOptions, tested_options
 from prodlens.live._window import Bucket, WindowAggregates
 
 PLAN = "prodlens.cohort.plan"
@@ -151,7 +151,9 @@ def simulate(*, hours: float, traffic: Traffic | None = None, seed: int = 0,
         try:
             manager = IncidentManager(ledger, NotifyOptions())
             detector = Detector(manager, options.detect, every=options.every)
-            window = WindowAggregates(options.slice)
+            window = WindowAggregates(tested_options(options))
+            recent = (WindowAggregates(tested_options(options))
+                      if 0 < options.recent < options.window else None)
             start = 0.0
             while start < hours * 3600:
                 bucket, customers = traffic.bucket(rng, start, options.every)
@@ -159,7 +161,10 @@ def simulate(*, hours: float, traffic: Traffic | None = None, seed: int = 0,
                 start += options.every
                 window.add(bucket)
                 window.evict_before(start - options.window)
-                evaluation = detector.evaluate(window, start)
+                if recent is not None:
+                    recent.add(bucket)
+                    recent.evict_before(start - options.recent)
+                evaluation = detector.evaluate(window, start, recent=recent)
                 result.evaluations += 1
                 for incident in evaluation.opened:
                     result.incidents.append(incident)

@@ -1,5 +1,5 @@
 """The ``prodlens`` command: ``config``, ``slice``, ``affected``, ``watch``, ``incidents``,
-``demo``.
+``demo``, ``rules``, ``notify``.
 
 Sub-commands live with what they drive; this module only dispatches, importing each lazily so
 ``prodlens config`` works with the core install alone.
@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_demo_commands(subparsers)
+    try:
+        from prodlens.alerting.commands import add_commands as add_alerting_commands
+    except ImportError:  # pragma: no cover
+        pass
+    else:
+        add_alerting_commands(subparsers)
     return parser
 
 

@@ -16,7 +16,7 @@ Per-value statistics are computed from the table at the end, not kept per unit.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 from prodlens.analysis._model import ABSENT, SliceOptions
@@ -174,6 +174,21 @@ class SignatureTable:
     def totals(self) -> tuple[int, int, int]:
         """(units, failed units, distinct traces among failed units)."""
         return self.units, self.failures, len(self._failed_traces)
+
+    @property
+    def dropped_keys(self) -> frozenset[str]:
+        """Attributes left out of the table as id-like (too many values)."""
+        return frozenset(self._dropped_keys)
+
+    def rows(self) -> Iterator[tuple[tuple[Item, ...], Row]]:
+        """Every row with its signature as sorted ``(attribute, value)`` items.
+
+        For consumers that keep the table's contents as plain values (``prodlens watch``'s
+        time buckets); the row objects are the table's own, so read them, don't change them.
+        """
+        items = self._items
+        for signature, row in self._table.items():
+            yield tuple(sorted(items[item] for item in signature)), row
 
     def _present_cardinality(self) -> dict[str, int]:
         """Distinct values per attribute still in the table (closed rows only)."""

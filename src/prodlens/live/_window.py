@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from prodlens.analysis import Report, SliceOptions
 from prodlens.analysis._embedded import EmbeddedAggregates
@@ -64,26 +63,19 @@ _NO_TRACES: frozenset[int] = frozenset()
 
 
 def close_bucket(start: float, aggregates: EmbeddedAggregates) -> Bucket:
-    """Finish the engine's aggregates of one bucket and keep its rows as plain values.
-
-    This is the one place that reads the engine's table (its ``_table`` rows and ``_items``);
-    everything else goes through the ``Aggregates`` protocol and ``build_report``.
-    """
+    """Finish the engine's aggregates of one bucket and keep its rows as plain values."""
     aggregates.finish()
     units, failures, failed_traces = aggregates.totals()
-    items: Sequence[Item] = aggregates._items
     rows: dict[Signature, BucketRow] = {}
-    table: Mapping[tuple[int, ...], Any] = aggregates._table
-    for signature, row in table.items():
+    for key, row in aggregates.rows():
         if not row.units:
             continue
-        key = tuple(sorted(items[item] for item in signature))
         count, failed, customers, traces = rows.get(key, (0, 0, _NO_CUSTOMERS, _NO_TRACES))
         rows[key] = (count + row.units, failed + row.failures,
                      customers | frozenset(row.customers) if row.customers else customers,
                      traces | frozenset(row.traces) if row.traces else traces)
-    return Bucket(start, units, failures, failed_traces, rows,
-                  frozenset(aggregates._dropped_keys), aggregates.pseudonymised)
+    return Bucket(start, units, failures, failed_traces, rows, aggregates.dropped_keys,
+                  aggregates.pseudonymised)
 
 
 def _matches(signature: Signature, items: Sequence[Item]) -> bool:

@@ -28,11 +28,7 @@ from prodlens.analysis import (
     slice_clickhouse,
     slice_failures,
 )
-from prodlens.incidents import IncidentManager, SubgroupStats
-
-# The manager names an incident by this function of its subgroup and start; the receiver looks
-# an alert's incident up by the same name. (Not re-exported by prodlens.incidents yet.)
-from prodlens.incidents._model import incident_id
+from prodlens.incidents import IncidentManager, SubgroupStats, incident_id
 
 __all__ = ["AlertResolver", "SpanStore"]
 

@@ -41,9 +41,12 @@ def make_traced(**settings: object) -> Traced:
 
 @pytest.fixture(autouse=True)
 def _fresh_identity_context() -> Iterator[None]:
-    """Each test starts with no identity, whatever an earlier test did outside any scope."""
-    from prodlens.identity import SCOPE
+    """Each test starts with no identity, whatever an earlier test did outside any scope, and
+    with prodlens's log-once memory empty, so a test expecting a warning sees it in any order."""
+    from prodlens._safety import reset_log_once
+    from prodlens._scope import SCOPE
 
+    reset_log_once()
     token = SCOPE.set(None)
     yield
     SCOPE.reset(token)

@@ -89,7 +89,7 @@ def _attach_later(wrapped: Any, instance: Any, args: tuple[Any, ...],
     try:
         provider = args[0] if args else kwargs.get("tracer_provider")
         runtime = _runtime.current()
-        if runtime.enabled and isinstance(provider, TracerProvider):
+        if runtime.on and isinstance(provider, TracerProvider):
             _configure.attach(provider, runtime.settings)
     except Exception as error:
         internal_error("attaching to the tracer provider", error)

@@ -69,7 +69,7 @@ def test_uninstrument_removes_every_patch_and_deactivates(prodlens_setup: Any) -
     ProdlensInstrumentor().uninstrument()
     assert not any(_patching.patched(o, a) for o, a in owners)
     assert all(getattr(o, a) is originals[a] for o, a in owners)
-    assert not _runtime.current().enabled
+    assert not _runtime.current().on
 
 
 def test_per_request_entry_points_are_plain_functions_mirroring_the_original(

@@ -14,7 +14,7 @@ import pytest
 
 from prodlens import _runtime
 from prodlens.config import Settings, load_settings
-from prodlens.identity import current
+from prodlens import current
 from prodlens.integrations import asgi, wsgi
 from prodlens.integrations._sources import (
     MAX_CACHED_IDENTITIES,

@@ -4,7 +4,7 @@ Every framework integration describes its request through a :class:`RequestView`
 :func:`resolve_early` as the request arrives (before the framework's OpenTelemetry server span
 opens, so a sampler sees the identity at root start), then :func:`resolve_late` once routing and
 authentication ran (``path:PARAM`` and ``user``/``user:ATTR``), applying that result with
-``prodlens.identity.apply`` so the already open server span is tagged too.
+``prodlens._scope.apply`` so the already open server span is tagged too.
 
 Sources are configured per customer (``PRODLENS_CUSTOMER_FROM``) and per cohort
 (``PRODLENS_COHORT_<NAME>_FROM``); in each ordered list the first source that yields wins::
@@ -30,9 +30,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Protocol, TypeVar
 
-from prodlens import attributes
+from prodlens import _runtime, attributes
+from prodlens._grammar import Source
+from prodlens._runtime import CohortLimiter
 from prodlens.baggage import identity_from_members, parse_header, strip_members
-from prodlens.config import Settings, Source
+from prodlens.config import Settings
 from prodlens.identity import Identity, build, normalize_cohorts, normalize_customer, to_text
 
 __all__ = [
@@ -225,10 +227,13 @@ class HeaderPlan:
 
     The early identity is then a function of a few raw header values, so it is cached by the
     tuple of those values as the framework holds them (WSGI environ strings, ASGI bytes): a
-    request of a known customer costs one tuple and one dict look-up. Built once per Settings.
+    request of a known customer costs one tuple and one dict look-up. The ``authorization``
+    header is keyed by a digest instead: a bearer token is a credential, and is never kept.
+    Built once per Settings.
     """
 
-    __slots__ = ("asgi_baggage", "asgi_names", "cache", "environ_keys", "names", "settings")
+    __slots__ = ("asgi_baggage", "asgi_names", "cache", "environ_keys", "names", "secret",
+                 "settings")
 
     def __init__(self, settings: Settings, names: tuple[str, ...]) -> None:
         self.settings = settings
@@ -240,7 +245,9 @@ class HeaderPlan:
         self.asgi_names = {name.encode("latin-1"): i for i, name in enumerate(names)}
         #: Position of ``baggage`` in the key (its repeated values are joined), or -1.
         self.asgi_baggage = self.asgi_names.get(b"baggage", -1)
-        #: Raw values -> identity. Read it directly for a hit; only :meth:`resolve` writes it.
+        #: Position of ``authorization`` in the key (keyed by its digest), or -1.
+        self.secret = names.index("authorization") if "authorization" in names else -1
+        #: Header values (the token's digest) -> identity; only :meth:`resolve` uses it.
         self.cache: dict[tuple[object, ...], Identity | None] = {}
 
     def resolve(self, raw: tuple[object, ...], view: Callable[[_R], RequestView],
@@ -248,24 +255,25 @@ class HeaderPlan:
         """The early identity of a request whose headers ``names`` have the values ``raw``
         (None when absent); ``view(request)`` is built and read only when ``raw`` was not seen
         before. Never raises."""
+        key = raw
+        size = 0
+        for value in raw:
+            if value.__class__ is str or value.__class__ is bytes:
+                size += len(value)
+            elif value is not None:  # an unusual value: resolved, never kept as a key
+                return resolve_early(view(request), self.settings)
+        secret = self.secret
+        if secret >= 0 and raw[secret] is not None:
+            key = (*raw[:secret], _digest(raw[secret]), *raw[secret + 1:])
         cache = self.cache
-        try:
-            hit = cache.get(raw, _UNCACHEABLE)
-        except TypeError:  # an unhashable header value (not str/bytes): no caching
-            return resolve_early(view(request), self.settings)
+        hit = cache.get(key, _UNCACHEABLE)
         if hit is not _UNCACHEABLE:
             return hit  # type: ignore[return-value]
         identity = resolve_early(view(request), self.settings)
-        size = 0
-        for value in raw:
-            if isinstance(value, (str, bytes)):
-                size += len(value)
-            elif value is not None:
-                return identity  # an unusual value: resolved, never kept as a key
         if size <= MAX_RAW_KEY_CHARS:
             if len(cache) >= MAX_CACHED_IDENTITIES:
                 cache.clear()
-            cache[raw] = identity
+            cache[key] = identity
         return identity
 
     def __len__(self) -> int:
@@ -356,8 +364,6 @@ def needs_late(settings: Settings) -> bool:
 def late_sources_configured() -> bool:
     """True if the settings in force have a ``user`` or ``path`` source (for conditional
     patches: the integrations' late hooks are installed only then)."""
-    from prodlens import _runtime
-
     return needs_late(_runtime.current().settings)
 
 
@@ -451,9 +457,18 @@ def _first(
     return None, None, None
 
 
+def _digest(value: object) -> bytes:
+    """A 16-byte digest of a header value (str or bytes), to key caches without keeping it."""
+    data = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value
+    assert isinstance(data, bytes)
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
 def _build(
     customer: tuple[object | None, str | None, Source | None],
     cohorts: list[tuple[str, object, str]],
+    settings: Settings,
+    limiter: CohortLimiter,
 ) -> Identity | None:
     value, _, source = customer
     base: Identity | None = None
@@ -461,20 +476,21 @@ def _build(
     pseudo = False
     if source is not None:
         if source.kind == "baggage" and not source.name and isinstance(value, Mapping):
-            base = identity_from_members(value)
+            base = identity_from_members(value, settings=settings, limiter=limiter)
         else:
-            name, pseudo = normalize_customer(value)
+            name, pseudo = normalize_customer(value, settings)
     normalized = (
-        normalize_cohorts(((n, v) for n, v, _ in cohorts), where="request sources")
+        normalize_cohorts(((n, v) for n, v, _ in cohorts), settings, limiter,
+                          where="request sources")
         if cohorts else {}
     )
     if base is not None:
         merged = dict(base.cohorts)
         merged.update(normalized)
-        return build(base.customer, merged, base.pseudonymous)
+        return build(base.customer, merged, base.pseudonymous, settings)
     if name is None and not normalized:
         return None
-    return build(name, normalized, pseudo)
+    return build(name, normalized, pseudo, settings)
 
 
 def _resolve(view: RequestView, settings: Settings, late: bool) -> Identity | None:
@@ -510,14 +526,15 @@ def _resolve(view: RequestView, settings: Settings, late: bool) -> Identity | No
                 cacheable = False
     if customer[2] is None and not cohorts:
         return None
+    limiter = _runtime.current().limiter  # the process's bound on cohort values
     if not cacheable:
-        return _build(customer, cohorts)
+        return _build(customer, cohorts, settings, limiter)
     cache = plan.identities
     frozen = tuple(key)
     hit = cache.get(frozen, _UNCACHEABLE)
     if hit is not _UNCACHEABLE:
         return hit  # type: ignore[return-value]
-    identity = _build(customer, cohorts)
+    identity = _build(customer, cohorts, settings, limiter)
     if len(cache) >= MAX_CACHED_IDENTITIES:
         cache.clear()
     cache[frozen] = identity

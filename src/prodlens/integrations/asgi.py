@@ -24,7 +24,6 @@ Environment variables::
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -38,8 +37,9 @@ from opentelemetry.sdk.trace import Span
 
 from prodlens import _runtime
 from prodlens._safety import internal_error
+from prodlens._scope import ScopeToken, apply, close_scope, open_scope
 from prodlens.baggage import may_hold_prodlens, strip_current_context
-from prodlens.identity import SCOPE, Identity, Scope, apply, close_scope, merge, open_scope
+from prodlens.identity import Identity, merge
 from prodlens.integrations import _patching
 from prodlens.integrations._sources import (
     cookie_value,
@@ -77,9 +77,6 @@ LATE_KEY: Final = "prodlens.late"
 #: The token of a context attached without a client's prodlens baggage, detached at the end.
 _CONTEXT_KEY: Final = "prodlens.context"
 _HTTP_TYPES: Final = frozenset({"http", "websocket"})
-#: A cache miss (None is a cached "no identity"). Typed Any so that a cache read needs no
-#: ``typing.cast`` (a function call per request).
-_MISS: Final[Any] = object()
 #: Header values are read on at most this many bytes (every reader bounds itself further).
 _MAX_HEADER_BYTES: Final = 32 * 1024
 _MAX_QUERY_BYTES: Final = 16 * 1024
@@ -238,7 +235,7 @@ def _early_key(scope: ASGIScope, names: dict[bytes, int], count: int,
     return tuple(values)
 
 
-def enter_request(scope: ASGIScope, *, with_late: bool) -> contextvars.Token[Scope | None] | None:
+def enter_request(scope: ASGIScope, *, with_late: bool) -> ScopeToken | None:
     """Open the request's prodlens scope with its early identity (and, with ``with_late``, the
     ``user`` an outer authentication middleware set). None when prodlens is off, the connection
     is not HTTP or websocket, or a scope is already open for it. Never raises."""
@@ -251,10 +248,10 @@ def enter_request(scope: ASGIScope, *, with_late: bool) -> contextvars.Token[Sco
     return _enter(scope, with_late)
 
 
-def _enter(scope: ASGIScope, with_late: bool) -> contextvars.Token[Scope | None] | None:
+def _enter(scope: ASGIScope, with_late: bool) -> ScopeToken | None:
     """:func:`enter_request` for an HTTP or websocket scope with no prodlens scope open."""
     try:
-        runtime = _runtime._current
+        runtime = _runtime.current()
         if not runtime.on:
             return None
         settings = runtime.settings
@@ -267,9 +264,7 @@ def _enter(scope: ASGIScope, with_late: bool) -> contextvars.Token[Scope | None]
         if headers is not None and key is not None:
             # Header-only sources: the identity is cached by the raw header values (a tuple of
             # bytes and None: hashable).
-            identity: Identity | None = headers.cache.get(key, _MISS)
-            if identity is _MISS:
-                identity = headers.resolve(key, ASGIScopeView, scope)
+            identity: Identity | None = headers.resolve(key, ASGIScopeView, scope)
         else:
             identity = resolve_early(ASGIScopeView(scope), settings)
         # Whether baggage is a source or not, a client's prodlens members go no further.
@@ -281,7 +276,7 @@ def _enter(scope: ASGIScope, with_late: bool) -> contextvars.Token[Scope | None]
         if with_late and plan.late:
             late = resolve_late(ASGIScopeView(scope), settings)
             if late is not None:
-                identity = merge(identity, late)
+                identity = merge(identity, late, settings)
         scope[SCOPE_KEY] = True
         if identity is not None and _otel_context():  # an empty context holds no span
             span = trace.get_current_span()
@@ -289,24 +284,21 @@ def _enter(scope: ASGIScope, with_late: bool) -> contextvars.Token[Scope | None]
                     and span.kind is trace.SpanKind.SERVER):
                 # A server span opened outside us (OpenTelemetryMiddleware wrapped around this
                 # middleware): tag it as well as every span started inside the request.
-                token = open_scope(None, isolate_ancestors=False)
+                token = open_scope(None)
                 apply(identity)
                 return token
-        return SCOPE.set(Scope(identity, None, SCOPE.get()))  # open_scope(identity), inlined
+        return open_scope(identity)
     except Exception as error:
         internal_error("ASGI request start", error)
         return None
 
 
-def exit_request(scope: ASGIScope, token: contextvars.Token[Scope | None] | None) -> None:
+def exit_request(scope: ASGIScope, token: ScopeToken | None) -> None:
     """Close a scope opened by :func:`enter_request`. Never raises."""
     if token is None:
         return
     try:
-        try:
-            SCOPE.reset(token)  # close_scope(token), inlined
-        except ValueError:
-            close_scope(token)
+        close_scope(token)
         scope.pop(SCOPE_KEY, None)
         scope.pop(LATE_KEY, None)
         stripped = scope.pop(_CONTEXT_KEY, None)
@@ -321,7 +313,7 @@ def apply_late(scope: ASGIScope) -> None:
     (``scope["user"]``) once the request is routed, and tag the open server span; once per
     request. Never raises."""
     try:
-        runtime = _runtime._current
+        runtime = _runtime.current()
         # Without user/path sources there is nothing to do: one identity check per call.
         if not runtime.on or not source_plan(runtime.settings).late:
             return

@@ -27,8 +27,8 @@ from opentelemetry.sdk.trace import Span
 
 from prodlens import _runtime, attributes
 from prodlens._safety import internal_error
+from prodlens._scope import apply, close_scope, current, open_scope
 from prodlens.baggage import identity_from_members, merge_header, parse_header
-from prodlens.identity import apply, close_scope, current, open_scope
 from prodlens.integrations import _patching
 
 __all__ = ["HEADER", "TARGET", "connect", "disconnect", "patch"]
@@ -45,7 +45,7 @@ def _before_publish(sender: Any = None, headers: Any = None, **kwargs: Any) -> N
     """Producer: put the current identity into the outgoing task message's headers."""
     try:
         runtime = _runtime.current()
-        if not runtime.enabled or not runtime.settings.celery_propagate:
+        if not runtime.on or not runtime.settings.celery_propagate:
             return
         if not isinstance(headers, dict):
             return
@@ -74,7 +74,7 @@ def _prerun(task_id: Any = None, task: Any = None, **kwargs: Any) -> None:
         if request is None or getattr(request, "is_eager", False):
             return  # an eager task runs inline, in its caller's scope
         runtime = _runtime.current()
-        if not runtime.enabled:
+        if not runtime.on:
             return
         identity = None
         if runtime.settings.celery_propagate:
@@ -85,12 +85,12 @@ def _prerun(task_id: Any = None, task: Any = None, **kwargs: Any) -> None:
         if identity is not None and isinstance(span, Span) and span.is_recording():
             # The Celery instrumentation's prerun receiver ran before ours and its task span is
             # open: tag it, and the task's later spans, through apply().
-            token = open_scope(None, isolate_ancestors=False)
+            token = open_scope(None)
             apply(identity)
         else:
             # Ours ran first (the task span is stamped when it starts), or nothing to restore.
             # Always a fresh scope: a task never inherits what its worker thread saw before.
-            token = open_scope(identity, isolate_ancestors=False)
+            token = open_scope(identity)
         setattr(request, _TOKEN_ATTRIBUTE, token)
     except Exception as error:
         internal_error("Celery task start", error)

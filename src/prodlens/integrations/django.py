@@ -28,7 +28,7 @@ from typing import Any, Final
 
 from prodlens import _runtime
 from prodlens._safety import internal_error
-from prodlens.identity import apply
+from prodlens._scope import apply
 from prodlens.integrations import _patching
 from prodlens.integrations._sources import needs_late, resolve_late
 from prodlens.integrations.wsgi import EnvironView, enter_request, exit_request
@@ -97,7 +97,7 @@ async def _get_response_async(wrapped: Any, instance: Any, args: tuple[Any, ...]
 def _late(request: Any, view_kwargs: Any) -> None:
     try:
         runtime = _runtime.current()
-        if runtime.enabled and needs_late(runtime.settings):
+        if runtime.on and needs_late(runtime.settings):
             identity = resolve_late(DjangoView(request, view_kwargs), runtime.settings)
             if identity is not None:
                 apply(identity)

@@ -25,7 +25,7 @@ from typing import Any, Final
 
 from prodlens import _runtime
 from prodlens._safety import internal_error
-from prodlens.identity import apply
+from prodlens._scope import apply
 from prodlens.integrations import _patching
 from prodlens.integrations._sources import late_sources_configured, resolve_late, source_plan
 from prodlens.integrations.wsgi import EnvironView, enter_request, exit_request
@@ -95,7 +95,7 @@ def _flask_call(original: Any) -> Any:
 
 def _dispatch(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     try:
-        runtime = _runtime._current
+        runtime = _runtime.current()
         # Without user/path sources there is nothing to do here: one identity check.
         if runtime.on and source_plan(runtime.settings).late:
             import flask

@@ -35,8 +35,8 @@ from urllib.parse import urlsplit
 
 from prodlens import _runtime
 from prodlens._safety import internal_error
+from prodlens._scope import current
 from prodlens.baggage import may_hold_prodlens, merge_header, strip_members
-from prodlens.identity import current
 from prodlens.integrations import _patching
 
 __all__ = ["PATCHES", "baggage_for", "host_matches"]
@@ -95,7 +95,7 @@ def baggage_for(host: str | None, existing: str | None) -> str | None:
     baggage, or app code set in the context, never pass through.
     """
     runtime = _runtime.current()
-    if not runtime.enabled:
+    if not runtime.on:
         return None
     if host_matches(host, runtime.settings.propagate_to):
         identity = current()

@@ -44,7 +44,7 @@ TARGET: Final = "starlette"
 def _handle(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Route.handle(scope, receive, send): the request is routed, middleware has run."""
     try:
-        runtime = _runtime._current
+        runtime = _runtime.current()
         # Without user/path sources there is nothing to do here: one identity check.
         late = runtime.on and source_plan(runtime.settings).late
     except Exception as error:

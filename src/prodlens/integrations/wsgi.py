@@ -22,7 +22,6 @@ returned, are not tagged (the scope ends when the application returns).
 
 from __future__ import annotations
 
-import contextvars
 from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any, Final
 
@@ -31,8 +30,9 @@ from opentelemetry.context import get_current as _otel_context
 
 from prodlens import _runtime
 from prodlens._safety import internal_error
+from prodlens._scope import ScopeToken, close_scope, open_scope
 from prodlens.baggage import may_hold_prodlens, strip_current_context
-from prodlens.identity import SCOPE, Scope, close_scope, merge
+from prodlens.identity import merge
 from prodlens.integrations._sources import (
     cookie_value,
     environ_key,
@@ -113,12 +113,12 @@ class EnvironView:
 
 def enter_request(
     environ: Environ, *, with_remote_user: bool
-) -> contextvars.Token[Scope | None] | None:
+) -> ScopeToken | None:
     """Open the request's scope with its early identity; None when prodlens is off or a scope is
     already open for this environ. Strips prodlens members from inbound baggage once read.
     Never raises."""
     try:
-        runtime = _runtime._current
+        runtime = _runtime.current()
         if not runtime.on or ENVIRON_KEY in environ:
             return None
         settings = runtime.settings
@@ -133,7 +133,7 @@ def enter_request(
         if with_remote_user and plan.late:
             late = resolve_late(EnvironView(environ), settings)
             if late is not None:
-                identity = merge(identity, late)
+                identity = merge(identity, late, settings)
         header = environ.get("HTTP_BAGGAGE")
         if header.__class__ is str and header and may_hold_prodlens(header):
             # Whether read as a source or not, prodlens members a client sent go no further:
@@ -145,13 +145,13 @@ def enter_request(
             if stripped is not None:
                 environ[_CONTEXT_KEY] = stripped
         environ[ENVIRON_KEY] = True
-        return SCOPE.set(Scope(identity, None, SCOPE.get()))  # open_scope(identity), inlined
+        return open_scope(identity)
     except Exception as error:
         internal_error("WSGI request start", error)
         return None
 
 
-def exit_request(environ: Environ, token: contextvars.Token[Scope | None] | None) -> None:
+def exit_request(environ: Environ, token: ScopeToken | None) -> None:
     """Close a scope opened by :func:`enter_request`. Never raises."""
     if token is None:
         return

@@ -61,11 +61,10 @@ from opentelemetry import metrics
 from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Histogram, MeterProvider, Observation
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.util.types import AttributeValue
 
 from prodlens import _runtime, attributes
-from prodlens._configure import register_processor_factory
 from prodlens._safety import internal_error
 from prodlens._stamp import attribute_dict
 from prodlens.config import Settings
@@ -76,7 +75,7 @@ from prodlens.signals._kinds import SERVER as _SERVER
 from prodlens.signals._series import Point, Series, SeriesTable
 from prodlens.signals.storms import RepeatTracker, StormTagger
 
-__all__ = ["DURATION_BUCKETS", "CohortMetricsProcessor", "TopCustomers", "processor_factory"]
+__all__ = ["DURATION_BUCKETS", "CohortMetricsProcessor", "TopCustomers"]
 
 #: Semantic-conventions buckets for ``http.server.request.duration`` (seconds).
 DURATION_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
@@ -360,7 +359,7 @@ class CohortMetricsProcessor(SpanProcessor):
         if storms is None:
             return
         try:
-            if _runtime._current.on:
+            if _runtime.current().on:
                 storms.start(span)
         except Exception as error:
             internal_error("storm tracking", error)
@@ -374,7 +373,7 @@ class CohortMetricsProcessor(SpanProcessor):
             kind = span.kind
             if kind is not _SERVER and kind is not _CONSUMER:
                 return
-            runtime = _runtime._current
+            runtime = _runtime.current()
             if not runtime.on:
                 return
             derived = self._derived
@@ -493,14 +492,3 @@ def _status_class(status: AttributeValue) -> str | None:
     except (TypeError, ValueError):
         return None
     return _STATUS_CLASSES.get(code // 100)
-
-
-def processor_factory(settings: Settings, provider: TracerProvider) -> SpanProcessor | None:
-    """The processor ``prodlens.configure()`` attaches: metrics (with storms) when
-    ``PRODLENS_METRICS`` is on, recording through the global meter provider."""
-    if not settings.metrics:
-        return None
-    return CohortMetricsProcessor(duration=settings.metrics_duration)
-
-
-register_processor_factory(processor_factory)

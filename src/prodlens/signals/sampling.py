@@ -52,8 +52,8 @@ from opentelemetry.util.types import Attributes
 
 from prodlens import _runtime
 from prodlens._safety import internal_error, log_once
+from prodlens._scope import SCOPE
 from prodlens.config import ConfigError, Settings, load_settings
-from prodlens.identity import SCOPE
 from prodlens.pseudonym import compute_pseudonym
 from prodlens.signals._kinds import CONSUMER as _CONSUMER
 from prodlens.signals._kinds import SERVER as _SERVER
@@ -274,7 +274,7 @@ class ProdlensSampler(Sampler):
     def _watched(policy: _Policy) -> bool:
         scope = SCOPE.get()
         identity = None if scope is None else scope.identity
-        if identity is None or not _runtime._current.on:
+        if identity is None or not _runtime.current().on:
             return False
         if identity.customer is not None:
             customers = policy.pseudonyms if identity.pseudonymous else policy.customers

@@ -44,8 +44,8 @@ from opentelemetry.util.types import AttributeValue
 from prodlens import _runtime, attributes
 from prodlens._open_spans import MAX_DEPTH, open_span_finder
 from prodlens._safety import internal_error, log_once
+from prodlens._scope import SCOPE
 from prodlens._stamp import attribute_dict, stamp, stamp_starting
-from prodlens.identity import SCOPE
 from prodlens.signals._kinds import CONSUMER as _CONSUMER
 from prodlens.signals._kinds import SERVER as _SERVER
 
@@ -242,7 +242,7 @@ class StormTagger:
         kind = span.kind
         if kind is not _SERVER and kind is not _CONSUMER:
             return
-        if _runtime._current.generation != self._generation:
+        if _runtime.current().generation != self._generation:
             self._refresh()
         if not self._enabled:
             return
@@ -366,7 +366,7 @@ class StormSpanProcessor(SpanProcessor):
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         try:
-            if _runtime._current.on:
+            if _runtime.current().on:
                 self.tagger.start(span)
         except Exception as error:
             internal_error("storm tracking", error)

@@ -25,7 +25,10 @@ Wrapper = Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]
 
 _lock = threading.RLock()
 _patches: list[tuple[Any, str, Any]] = []  # (owner, attribute, original)
+#: Module name -> the patch to run when it is imported, while instrumenting.
 _hooks: dict[str, Callable[[ModuleType], None]] = {}
+#: Modules with a wrapt post-import hook (wrapt cannot remove one: it looks ``_hooks`` up).
+_registered: set[str] = set()
 #: Undo actions that are not attribute wraps (signal receivers, registered hooks).
 _undo: list[Callable[[], None]] = []
 #: Patches made only while a condition on the settings holds: (owner, attribute, wrapper,
@@ -141,6 +144,9 @@ def unpatch_all() -> None:
     global _active
     with _lock:
         _active = False
+        # Forget the hooks too: an integration left out of the next instrument() (e.g. by
+        # PRODLENS_DISABLED_INTEGRATIONS) must not be patched when its module is imported.
+        _hooks.clear()
         _conditional.clear()
         while _undo:
             callback = _undo.pop()
@@ -169,7 +175,8 @@ def on_import(module_name: str, hook: Callable[[ModuleType], None]) -> None:
     global _active
     with _lock:
         _active = True
-        first = module_name not in _hooks
+        first = module_name not in _registered
+        _registered.add(module_name)
         _hooks[module_name] = hook
     if first:
         wrapt.register_post_import_hook(

@@ -10,6 +10,12 @@ It runs inside applications, so it uses only the standard library and the OpenTe
 It never raises out of :meth:`~OTLPJsonFileSpanExporter.export`: a failed write returns
 ``SpanExportResult.FAILURE`` and is logged once.
 
+One span never costs its neighbours: a string that is not valid Unicode (a lone surrogate, from
+any instrumentation) is written with U+FFFD in its place, and a span that cannot be encoded at
+all is left out alone (counted in :attr:`~OTLPJsonFileSpanExporter.dropped_spans`, logged
+once). A line cut short by a crash (``kill -9``) or a full disk is terminated before the next
+append, so the batches after it stay readable (the reader reports the torn line).
+
 Environment variables (read when an argument is left ``None``)::
 
     export OTEL_TRACES_EXPORTER=prodlens_file
@@ -152,6 +158,18 @@ def _span(span: ReadableSpan) -> dict[str, Any]:
     return out
 
 
+def _utf8(text: str) -> bytes:
+    """``text`` as UTF-8; surrogates (which UTF-8 cannot hold) joined into pairs or replaced."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace").encode()
+
+
+def _dumps(request: dict[str, Any]) -> str:
+    return json.dumps(request, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def _scope(scope: InstrumentationScope | None) -> dict[str, Any]:
     if scope is None:
         return {}
@@ -245,18 +263,72 @@ class OTLPJsonFileSpanExporter(SpanExporter):
         self._size = 0
         self._closed = False
         self._logged_failure = False
+        self._logged_dropped = False
+        self._dropped = 0
 
     @property
     def path(self) -> Path:
         """The file spans are appended to."""
         return self._path
 
+    @property
+    def dropped_spans(self) -> int:
+        """Spans left out because they could not be encoded (their batch was written)."""
+        return self._dropped
+
     def _open(self) -> IO[bytes]:
         if self._file is None:
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self._path, "ab")  # noqa: SIM115 - kept open across exports
-            self._size = self._file.tell()
+            # Unbuffered: a write that fails (full disk) leaves nothing behind to be flushed
+            # later into the middle of another line.
+            stream = open(self._path, "ab", buffering=0)  # noqa: SIM115 - kept open
+            try:
+                self._size = stream.seek(0, os.SEEK_END)
+                if self._size and not self._ends_with_newline():
+                    # The last line was torn (a crash or a full disk mid-write): end it, or the
+                    # next line would be glued to it and both be unreadable.
+                    self._write_all(stream, b"\n")
+                    self._size += 1
+            except BaseException:
+                stream.close()
+                raise
+            self._file = stream
         return self._file
+
+    def _ends_with_newline(self) -> bool:
+        with open(self._path, "rb") as reader:
+            reader.seek(-1, os.SEEK_END)
+            return reader.read(1) == b"\n"
+
+    @staticmethod
+    def _write_all(stream: IO[bytes], data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = stream.write(view)
+            if not written:
+                raise OSError("no progress writing spans")
+            view = view[written:]
+
+    def _encode(self, spans: Sequence[ReadableSpan]) -> bytes | None:
+        """One line for ``spans``; a span that cannot be encoded is left out alone."""
+        try:
+            return _utf8(_dumps(encode_spans(spans))) + b"\n"
+        except Exception:
+            pass
+        kept = []
+        for span in spans:  # find the span(s) at fault; the rest of the batch is written
+            try:
+                _dumps(encode_spans([span]))
+            except Exception:
+                self._dropped += 1
+                if not self._logged_dropped:
+                    self._logged_dropped = True
+                    _logger.warning("prodlens: a span that cannot be encoded as JSON was left "
+                                    "out of %s (logged once; see dropped_spans)", self._path,
+                                    exc_info=True)
+                continue
+            kept.append(span)
+        return _utf8(_dumps(encode_spans(kept))) + b"\n" if kept else None
 
     def _rotate(self) -> None:
         if self._file is not None:
@@ -277,10 +349,9 @@ class OTLPJsonFileSpanExporter(SpanExporter):
         try:
             if not spans:
                 return SpanExportResult.SUCCESS
-            line = json.dumps(
-                encode_spans(spans), separators=(",", ":"), ensure_ascii=False,
-                allow_nan=False,
-            ).encode("utf-8") + b"\n"
+            line = self._encode(spans)
+            if line is None:
+                return SpanExportResult.FAILURE
             with self._lock:
                 if self._closed:
                     return SpanExportResult.FAILURE
@@ -288,8 +359,15 @@ class OTLPJsonFileSpanExporter(SpanExporter):
                 if self._max_bytes and self._size and self._size + len(line) > self._max_bytes:
                     self._rotate()
                     stream = self._open()
-                stream.write(line)
-                stream.flush()
+                try:
+                    self._write_all(stream, line)
+                except BaseException:
+                    # Part of the line may be in the file: reopen (and so terminate it) on the
+                    # next export.
+                    self._file = None
+                    with contextlib.suppress(OSError):
+                        stream.close()
+                    raise
                 self._size += len(line)
             return SpanExportResult.SUCCESS
         except Exception:  # never break the host application

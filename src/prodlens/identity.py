@@ -37,7 +37,9 @@ def to_text(value: object, max_length: int) -> str | None:
 
     str is truncated; bytes are decoded as UTF-8 (replacing bad bytes) after truncation; bools
     become ``true``/``false``; numbers their decimal form; other objects their ``str()``, unless
-    that raises. Never raises.
+    that raises. The result is always valid UTF-8: a surrogate pair held as two code points is
+    joined, and a lone surrogate (a JWT ``sub`` of ``"\\ud800"``) becomes U+FFFD, so no
+    exporter or backend rejects the span, or its batch, for it. Never raises.
     """
     if value is None:
         return None
@@ -53,6 +55,11 @@ def to_text(value: object, max_length: int) -> str | None:
         except Exception as error:  # an object whose __str__ raises
             internal_error("value conversion", error)
             return None
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # surrogates: join pairs, replace lone ones
+            text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
     return text if text else None
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from google.protobuf.json_format import MessageToDict
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as proto_encode
 from opentelemetry.sdk.resources import Resource
@@ -222,3 +224,126 @@ def test_otel_traces_exporter_selects_it(tmp_path: Path) -> None:
     assert {"key": "service.name", "value": {"stringValue": "auto-app"}} in \
         resource_spans["resource"]["attributes"]
     assert resource_spans["scopeSpans"][0]["spans"][0]["name"] == "GET /"
+
+
+def _valid_unicode(text: str) -> str:
+    """What a string becomes once made valid Unicode: surrogate pairs joined, lone ones U+FFFD."""
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def _read_back(path: Path) -> list[dict[str, str]]:
+    """Every span's attributes as text, through the analysis reader (one dict per span)."""
+    from prodlens.analysis._otlp import Attributes
+    from prodlens.analysis._reader import ReadProgress, read_requests
+
+    progress = ReadProgress()
+    parse = Attributes()
+    spans = []
+    for _, request in read_requests([path], progress, show_progress=False):
+        for resource_spans in request.resourceSpans or ():
+            for scope_spans in resource_spans.scopeSpans or ():
+                for span in scope_spans.spans or ():
+                    spans.append(Attributes.texts(parse.span(span.attributes)))
+    assert progress.malformed == 0, progress.examples
+    return spans
+
+
+#: Any code point, surrogates included (hypothesis's text() leaves them out whatever its
+#: alphabet, so this joins a list of characters).
+ANY_TEXT = st.lists(st.one_of(st.characters(exclude_categories=()),
+                              st.sampled_from("\ud800\udbff\udc00\udfff\ud83d\ude00")),
+                    max_size=40).map("".join)
+
+
+@given(customer=ANY_TEXT, cohort=ANY_TEXT)
+@settings(max_examples=150, deadline=None)
+def test_any_string_round_trips_or_is_replaced_and_never_drops_a_neighbour(
+        tmp_path_factory: pytest.TempPathFactory, customer: str, cohort: str) -> None:
+    # identify() -> span -> exporter -> reader, in one batch with two ordinary neighbours.
+    import prodlens
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    prodlens.configure(provider, environ={}, metrics=False, max_value_length=64)
+    tracer = provider.get_tracer("tests")
+    try:
+        for who, plan in (("before", "free"), (customer, cohort), ("after", "pro")):
+            with prodlens.tag(), tracer.start_as_current_span("work"):
+                prodlens.identify(who, plan=plan)
+        spans = memory.get_finished_spans()
+        path = tmp_path_factory.mktemp("rt") / "spans.jsonl"
+        exporter = OTLPJsonFileSpanExporter(path)
+        assert exporter.export(spans) is SpanExportResult.SUCCESS
+        exporter.shutdown()
+    finally:
+        provider.shutdown()
+    read = _read_back(path)
+    assert len(read) == 3  # the odd value cost no span, its own included
+    assert read[0] == {"enduser.id": "before", "prodlens.cohort.plan": "free"}
+    assert read[2] == {"enduser.id": "after", "prodlens.cohort.plan": "pro"}
+    expected = {"enduser.id": _valid_unicode(customer), "prodlens.cohort.plan": _valid_unicode(cohort)}
+    assert read[1] == {k: v for k, v in expected.items() if v}
+    # What prodlens put on the span is already valid UTF-8 (any exporter can write it).
+    for span in spans:
+        for value in (span.attributes or {}).values():
+            assert isinstance(value, str) and value.encode("utf-8")
+
+
+def test_a_span_from_another_instrumentation_with_a_lone_surrogate_costs_no_neighbour(
+        tmp_path: Path) -> None:
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("tests")
+    for index in range(200):
+        with tracer.start_as_current_span(f"GET /{index}", attributes={"n": index}):
+            pass
+    with tracer.start_as_current_span("GET /\udcff\ud800", attributes={"url.path": "/\ud800x"}):
+        pass
+    provider.shutdown()
+    exporter = OTLPJsonFileSpanExporter(tmp_path / "spans.jsonl")
+    assert exporter.export(memory.get_finished_spans()) is SpanExportResult.SUCCESS
+    exporter.shutdown()
+    lines = (tmp_path / "spans.jsonl").read_bytes().splitlines()
+    assert len(lines) == 1
+    spans = json.loads(lines[0])["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    assert len(spans) == 201
+    assert spans[-1]["name"] == "GET /\ufffd\ufffd"
+    assert spans[-1]["attributes"] == [{"key": "url.path", "value": {"stringValue": "/\ufffdx"}}]
+    assert exporter.dropped_spans == 0
+
+
+class _Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+def test_a_span_that_cannot_be_encoded_is_left_out_alone_and_counted(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("tests")
+    for index in range(3):
+        with tracer.start_as_current_span(f"ok{index}"):
+            pass
+    with tracer.start_as_current_span("bad") as bad:
+        bad.add_event("odd", {"k": "v"})
+    provider.shutdown()
+    spans = list(memory.get_finished_spans())
+    # An SDK user's own ReadableSpan (not checked by the SDK) whose event name is no text.
+    broken = ReadableSpan(name="broken", context=spans[-1].get_span_context(),
+                          events=[type(spans[-1].events[0])(_Unprintable(), {})],  # type: ignore[arg-type]
+                          resource=spans[-1].resource)
+    exporter = OTLPJsonFileSpanExporter(tmp_path / "spans.jsonl")
+    caplog.set_level(logging.WARNING, logger="prodlens")
+    assert exporter.export([*spans[:3], broken, spans[3]]) is SpanExportResult.SUCCESS
+    assert exporter.export([broken]) is SpanExportResult.FAILURE
+    exporter.shutdown()
+    written = json.loads((tmp_path / "spans.jsonl").read_bytes())
+    names = [s["name"] for rs in written["resourceSpans"] for ss in rs["scopeSpans"]
+             for s in ss["spans"]]
+    assert names == ["ok0", "ok1", "ok2", "bad"]
+    assert exporter.dropped_spans == 2
+    assert sum("left out" in r.getMessage() for r in caplog.records) == 1

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections import defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import django_app
@@ -118,3 +121,43 @@ def test_async_handler_isolates_concurrent_requests(traced: Any) -> None:
         tenant = str(tags["prodlens.cohort.tenant"])
         assert tags == {"enduser.id": f"async-{int(tenant[1:]) % 3}",
                         "prodlens.cohort.plan": "gold", "prodlens.cohort.tenant": tenant}
+
+
+def test_user_source_under_asgi_with_a_logged_in_session(tmp_path: Path) -> None:
+    """Issue #16, finding 5: under uvicorn (Django's async handler) ``request.user`` raises
+    SynchronousOnlyOperation in the event loop; the user source must still tag."""
+    import httpx
+    from servers import free_port, wait_for
+
+    port = free_port()
+    script = Path(__file__).parent / "apps" / "django_asgi_app.py"
+    process = subprocess.Popen([sys.executable, str(script), str(tmp_path / "db.sqlite3"),
+                                str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, cwd=tmp_path)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def up() -> bool:
+            if process.poll() is not None:
+                return True  # exited: stop waiting (asserted below)
+            try:
+                return httpx.get(base + "/spans", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        assert wait_for(up, timeout=60), "the Django ASGI app did not start"
+        assert process.poll() is None, process.communicate()[1][-4000:]
+        with httpx.Client(base_url=base, timeout=10) as client:
+            anonymous = client.get("/whoami").json()
+            assert client.get("/login").json() == {"ok": True}
+            assert "sessionid" in client.cookies
+            answers = [client.get(p).json() for p in ("/whoami", "/whoami-sync") * 3]
+            spans = client.get("/spans").json()
+    finally:
+        process.terminate()
+        process.communicate(timeout=10)
+    assert anonymous == {"customer": None}
+    assert answers == [{"customer": "alice"}] * 6
+    by_name = [(s["name"], s["tags"]) for s in spans if s["name"] != "GET spans"]
+    alice = {"enduser.id": "alice", "prodlens.cohort.plan": "gold"}
+    assert by_name == [("GET whoami", {}), ("GET login", {}),
+                       *[("GET whoami", alice), ("GET whoami-sync", alice)] * 3]

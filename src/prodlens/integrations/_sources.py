@@ -290,6 +290,8 @@ class SourcePlan:
     late_cohorts: tuple[tuple[str, tuple[Source, ...]], ...]
     late: bool
     baggage: bool
+    #: Some source reads the authenticated user (``user`` / ``user:ATTR``).
+    user: bool
     #: Set when every early source reads only headers (see :class:`HeaderPlan`).
     headers: HeaderPlan | None
     #: Built identities by (late?, customer text, cohort texts...): requests of a customer
@@ -339,6 +341,7 @@ def _plan(settings: Settings) -> SourcePlan:
         late_cohorts=late_cohorts,
         late=late_customer or bool(late_cohorts),
         baggage=any(s.kind == "baggage" for s in every),
+        user=any(s.kind == "user" for s in every),
         headers=_header_plan(settings, every),
     )
     if len(_plans) > 8:

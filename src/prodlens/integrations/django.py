@@ -11,6 +11,12 @@
   (URL kwargs) resolve there and tag the open server span. Spans that ended before it (the
   session and user queries of the authentication middleware) carry only the early identity.
 
+Under ASGI (``get_response_async``) the hook runs in the event loop, where touching the lazy
+``request.user`` raises Django's ``SynchronousOnlyOperation``: there the user is loaded with
+``await request.auser()`` (Django >= 5, ``AuthenticationMiddleware``), else in a worker thread,
+and only when a ``user`` source is configured. A ``user:ATTR`` that needs another query (a related
+model) is not read in async views; identify from the view instead.
+
 Authentication inside the view (Django REST framework) is invisible to ``user``: call
 ``prodlens.identify(request.user.pk)`` in the view. Handlers created before instrumentation get
 the early sources only. Environment variables::
@@ -30,30 +36,36 @@ from prodlens import _runtime
 from prodlens._safety import internal_error
 from prodlens._scope import apply
 from prodlens.integrations import _patching
-from prodlens.integrations._sources import needs_late, resolve_late
+from prodlens.integrations._sources import needs_late, resolve_late, source_plan
 from prodlens.integrations.wsgi import EnvironView, enter_request, exit_request
 
 __all__ = ["TARGET", "DjangoView", "patch"]
 
 TARGET: Final = "django.core.handlers.base"
+#: DjangoView's "read ``request.user`` yourself" (None is a loaded "no user").
+_UNLOADED: Final[Any] = object()
 
 
 class DjangoView(EnvironView):
     """A request view over a Django ``HttpRequest``: its ``META`` is the WSGI environ (read as
     the WSGI integration reads it), plus URL kwargs and ``request.user`` once resolved."""
 
-    __slots__ = ("kwargs", "request")
+    __slots__ = ("kwargs", "loaded_user", "request")
 
-    def __init__(self, request: Any, kwargs: Any = None) -> None:
+    def __init__(self, request: Any, kwargs: Any = None, loaded_user: Any = _UNLOADED) -> None:
         super().__init__(getattr(request, "META", {}))
         self.request = request
         self.kwargs = kwargs
+        #: The user loaded ahead (async handler), else ``request.user`` is read.
+        self.loaded_user = loaded_user
 
     def path_param(self, name: str) -> object | None:
         return self.kwargs.get(name) if isinstance(self.kwargs, dict) else None
 
     def user(self, attr: str) -> object | None:
-        user = getattr(self.request, "user", None)
+        user = self.loaded_user
+        if user is _UNLOADED:
+            user = getattr(self.request, "user", None)
         if user is None or not getattr(user, "is_authenticated", False):
             return None
         value: object = getattr(user, attr or "pk", None)
@@ -94,11 +106,12 @@ async def _get_response_async(wrapped: Any, instance: Any, args: tuple[Any, ...]
         exit_request(meta, token)
 
 
-def _late(request: Any, view_kwargs: Any) -> None:
+def _late(request: Any, view_kwargs: Any, loaded_user: Any = _UNLOADED) -> None:
     try:
         runtime = _runtime.current()
         if runtime.on and needs_late(runtime.settings):
-            identity = resolve_late(DjangoView(request, view_kwargs), runtime.settings)
+            identity = resolve_late(DjangoView(request, view_kwargs, loaded_user),
+                                    runtime.settings)
             if identity is not None:
                 apply(identity)
     except Exception as error:
@@ -110,10 +123,37 @@ def process_view(request: Any, view_func: Any, view_args: Any, view_kwargs: Any)
     _late(request, view_kwargs)
 
 
+def _user_in_thread(request: Any) -> Any:
+    """``request.user``, loaded (its lazy object evaluated) off the event loop."""
+    user = getattr(request, "user", None)
+    if user is not None:
+        getattr(user, "is_authenticated", None)  # runs the session and user queries here
+    return user
+
+
+async def _load_user(request: Any) -> Any:
+    """The request's user, loaded without a synchronous query in the event loop."""
+    auser = getattr(request, "auser", None)
+    if callable(auser):  # Django >= 5 with AuthenticationMiddleware
+        return await auser()
+    from asgiref.sync import sync_to_async
+
+    return await sync_to_async(_user_in_thread)(request)
+
+
 async def process_view_async(request: Any, view_func: Any, view_args: Any,
                              view_kwargs: Any) -> None:
-    """The async handler's twin of :func:`process_view`."""
-    _late(request, view_kwargs)
+    """The async handler's twin of :func:`process_view`: the user is loaded first (in the
+    event loop ``request.user`` raises ``SynchronousOnlyOperation``)."""
+    loaded: Any = _UNLOADED
+    try:
+        runtime = _runtime.current()
+        if runtime.on and source_plan(runtime.settings).user:
+            loaded = await _load_user(request)
+    except Exception as error:
+        internal_error("Django user (async)", error)
+        loaded = None  # path sources still resolve
+    _late(request, view_kwargs, loaded)
 
 
 def _load_middleware(wrapped: Any, instance: Any, args: tuple[Any, ...],

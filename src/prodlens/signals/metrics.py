@@ -6,7 +6,9 @@ duration on ``prodlens.request.duration`` (seconds, semantic-conventions HTTP se
 attributed by:
 
 * every cohort on the span (``prodlens.cohort.<name>``, the configured prefix),
-* ``http.route`` (the span's ``http.route``, else its name),
+* ``http.route`` (the span's ``http.route``; a server span without one, such as a 404 or a
+  plain WSGI/ASGI app, gets ``__unmatched__``, never its name, which may hold the raw path with
+  ids or emails; a consumer span without one, its name: the task or destination),
 * ``error`` (``"true"`` when the span's status is ERROR, else ``"false"``),
 * ``http.status_class`` (``"2xx"`` … ``"5xx"``) when the span has an HTTP status code,
 * ``service.name`` (from the span's resource),
@@ -83,6 +85,8 @@ DURATION_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75
 _STATUS_KEYS: Final = ("http.response.status_code", "http.status_code")
 _STATUS_CLASSES: Final = {n: f"{n}xx" for n in range(1, 6)}
 _TRUE: Final = "true"
+#: ``http.route`` of a server span that has none (unrouted: one series, whatever the path).
+UNMATCHED_ROUTE: Final = "__unmatched__"
 _FALSE: Final = "false"
 
 
@@ -401,8 +405,9 @@ class CohortMetricsProcessor(SpanProcessor):
         label = (self._customer_label(derived, layout, values) if layout.customer_at >= 0
                  else attributes.OTHER_VALUE if derived.per_customer else None)
         identifying = values[:layout.width] if layout.width < len(values) else values
-        # The span name stands in for a missing route, so it is part of the shape then.
-        named = layout.route_at < 0 or values[layout.route_at] is None
+        # A consumer's name stands in for its missing route, so it is part of the shape then.
+        named = (layout.route_at < 0 or values[layout.route_at] is None) \
+            and span.kind is _CONSUMER
         shape = (layout, identifying, span.name if named else None, error, service, label)
         try:
             series = derived.shapes.get(shape)
@@ -447,7 +452,9 @@ class CohortMetricsProcessor(SpanProcessor):
         """The series of a request shape not seen before (builds its attribute set)."""
         items: list[tuple[str, AttributeValue]] = list(zip(layout.cohorts, values, strict=False))
         route = values[layout.route_at] if layout.route_at >= 0 else None
-        items.append((attributes.METRIC_ROUTE, route if route is not None else span.name))
+        if route is None:
+            route = span.name if span.kind is _CONSUMER else UNMATCHED_ROUTE
+        items.append((attributes.METRIC_ROUTE, route))
         error_text = _TRUE if error else _FALSE
         items.append((attributes.METRIC_ERROR, error_text))
         if layout.status_at >= 0:

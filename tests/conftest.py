@@ -17,6 +17,9 @@ from opentelemetry.trace import Tracer
 
 import prodlens
 
+#: prodlens's own pytest fixture (``prodlens_traced``), as users enable it (docs/testing.md).
+pytest_plugins = ["prodlens.testing"]
+
 
 @dataclass
 class Traced:

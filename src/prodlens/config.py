@@ -541,6 +541,26 @@ def read_environment(
     return _read(environ, None)
 
 
+#: The variables the README's short table shows (generated like the full reference).
+README_VARIABLES: Final = (
+    "PRODLENS_CUSTOMER_FROM", "PRODLENS_CUSTOMER_ATTRIBUTE", "PRODLENS_COHORT_PREFIX",
+    "PRODLENS_PSEUDONYMIZE", "PRODLENS_MAX_COHORT_VALUES", "PRODLENS_MAX_VALUE_LENGTH",
+    "PRODLENS_PROPAGATE_TO", "PRODLENS_METRICS", "PRODLENS_SAMPLE_ALWAYS",
+    "PRODLENS_DISABLED_INTEGRATIONS", "PRODLENS_ENABLED",
+)
+
+
+def short_reference_markdown() -> str:
+    """The README's table of the most used variables: variable, default, example."""
+    lines = ["| Variable | Default | Example |", "| --- | --- | --- |"]
+    for env in README_VARIABLES:
+        param = _BY_ENV[env]
+        default = f"`{param.default}`" if param.default else "(empty)"
+        lines.append(f"| `{env}` | {default} | `{param.example}` |")
+    lines.append("| `PRODLENS_COHORT_<NAME>_FROM` | (none) | `jwt:plan,header:x-plan` |")
+    return "\n".join(lines) + "\n"
+
+
 def reference_markdown() -> str:
     """The configuration reference table (docs/configuration.md is generated from it)."""
     lines = [

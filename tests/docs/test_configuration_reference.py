@@ -53,3 +53,13 @@ def test_every_documented_default_is_the_applied_default():
     from prodlens.config import load_settings
 
     assert load_settings({}) == applied
+
+
+def test_readme_table_is_generated_from_the_same_table():
+    from prodlens.config import short_reference_markdown
+
+    readme = (DOC.parents[1] / "README.md").read_text()
+    match = re.search(r"<!-- BEGIN GENERATED: prodlens.config.short_reference_markdown\(\) -->\n"
+                      r"(.*?)<!-- END GENERATED -->", readme, re.S)
+    assert match, "generated block missing from README.md's Configuration section"
+    assert match.group(1) == short_reference_markdown()

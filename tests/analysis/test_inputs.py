@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -143,3 +144,98 @@ def test_progress_bar_only_on_a_terminal_and_after_a_moment(
     monkeypatch.setattr(sys, "stderr", pipe)
     slice_failures([planted_dir], show_progress=True)
     assert pipe.getvalue() == ""
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "prodlens", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def console_export(path: Path) -> None:
+    """What ``OTEL_TRACES_EXPORTER=console`` writes: the SDK's ConsoleSpanExporter, for real."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+
+    with path.open("w") as out:
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=out)))
+        tracer = provider.get_tracer("console")
+        for index in range(3):
+            with tracer.start_as_current_span(f"GET /{index}"):
+                pass
+        provider.shutdown()
+
+
+@pytest.mark.parametrize("command", ["slice", "affected"])
+def test_console_exporter_output_exits_non_zero_with_a_hint(tmp_path: Path,
+                                                           command: str) -> None:
+    console = tmp_path / "console.log"
+    console_export(console)
+    result = cli(command, str(console))
+    assert result.returncode == 1, result.stderr
+    assert f"{console}: no readable span in " in result.stderr
+    assert "console exporter" in result.stderr
+    assert "OTEL_TRACES_EXPORTER=prodlens_file" in result.stderr
+
+
+def test_a_file_of_malformed_lines_exits_non_zero_even_beside_good_files(
+        planted: SyntheticTraces, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n[1, 2]\n")
+    alone = cli("slice", str(bad))
+    assert alone.returncode == 1
+    assert "skipped 2 malformed line(s)" in alone.stderr
+    assert f"{bad}: no readable span in 2 line(s)" in alone.stderr
+    assert "console exporter" not in alone.stderr
+    beside = cli("slice", str(busiest(planted)), str(bad))
+    assert beside.returncode == 1 and f"{bad}: no readable span" in beside.stderr
+    good = cli("slice", str(busiest(planted)))
+    assert good.returncode == 0 and good.stderr == ""
+
+
+def test_empty_input_exits_non_zero(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    result = cli("slice", str(empty))
+    assert result.returncode == 1
+    assert "no span was read" in result.stderr and "prodlens_file" in result.stderr
+
+
+def test_a_lone_surrogate_escape_costs_only_itself(tmp_path: Path) -> None:
+    # Python's json.dumps (ensure_ascii) writes a lone surrogate as a \ud800 escape: valid JSON.
+    tagged = [{"key": "enduser.id", "value": {"stringValue": "\ud800x"}},
+              {"key": "tier", "value": {"stringValue": "gold\udfff"}}]
+    pair = [{"key": "tier", "value": {"stringValue": "\U0001f600"}}]
+    path = tmp_path / "escapes.jsonl"
+    path.write_text("\n".join([
+        request(span("1" * 32, "1" * 16, error=True, attributes=tagged)),
+        request(span("2" * 32, "2" * 16, attributes=pair)),
+        request(span("3" * 32, "3" * 16, error=True, attributes=[
+            {"key": "enduser.id", "value": {"stringValue": "\\\\ud800 is text"}}])),
+    ]) + "\n")
+    assert "\\ud800" in path.read_text() and "\\ud83d\\ude00" in path.read_text()
+    report = slice_failures([path])
+    assert report.input.malformed == 0 and report.units == 3 and report.failures == 2
+    from prodlens.analysis import affected_customers
+
+    customers = affected_customers([path])
+    assert sorted(c.customer for c in customers.customers) == ["\\\\ud800 is text", "\ufffdx"]
+
+
+def test_a_huge_line_is_skipped_in_bounded_memory_and_reading_goes_on(tmp_path: Path) -> None:
+    from prodlens.analysis._reader import ReadProgress, read_requests
+
+    small = request(span("1" * 32, "1" * 16))
+    huge = request(span("2" * 32, "2" * 16, attributes=[
+        {"key": "payload", "value": {"stringValue": "x" * 5_000_000}}]))
+    path = tmp_path / "huge.jsonl"
+    path.write_text("\n".join([small, huge, small]) + "\n")
+    progress = ReadProgress()
+    read = [where for where, _ in read_requests([path], progress, show_progress=False,
+                                                 max_line_bytes=1_000_000)]
+    assert read == [f"{path}:1", f"{path}:3"]
+    assert progress.examples == [
+        f"{path}:2: line of {len(huge) + 1:,} bytes skipped (longer than 1,000,000; export "
+        "smaller batches)"]
+    progress = ReadProgress()
+    assert len(list(read_requests([path], progress, show_progress=False))) == 3

@@ -91,7 +91,7 @@ def _scan(paths: Paths, options: SliceOptions, *, track_customers: bool,
     finally:
         if collecting:
             gc.enable()
-    notes = []
+    notes = list(progress.notes)  # files with no readable span, with a hint
     if aggregates.orphan_groups:
         notes.append(f"{aggregates.orphan_groups:,} (trace, service) groups held ERROR spans "
                      "but no root span; they are not counted")

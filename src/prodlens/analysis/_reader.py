@@ -4,6 +4,14 @@ Lines are decoded one at a time (msgspec, into the Structs of :mod:`._otlp`) and
 memory does not grow with the input. A line that is not an ``ExportTraceServiceRequest`` is
 counted and reported as ``file:line: reason``; a file that cannot be opened raises
 :class:`InputError`.
+
+Damage is read past, not given up on: a line cut short by an interrupted write (``kill -9``, a
+full disk) is reported as a *torn line*, and when an older writer appended the next request to
+it, that request is still read; a ``\\ud800`` escape (valid JSON, not valid Unicode, as Python's
+``json.dumps`` writes a lone surrogate) is read as U+FFFD instead of costing the whole line; a line
+over :data:`MAX_LINE_BYTES` is skipped without being held in memory. A file that held lines but
+no readable span gets a note saying so, with a hint when it looks like the console exporter's
+pretty-printed output.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import os
+import re
 import sys
 import time
 import zlib
@@ -26,6 +35,18 @@ if TYPE_CHECKING:
     from prodlens.analysis._otlp import ExportRequest
 
 MAX_EXAMPLES: Final = 20
+#: Lines longer than this are skipped (reported), never held whole in memory; the JSON parsers
+#: refuse documents of 2 GiB and more, and a writer's batch is a few MB at most.
+MAX_LINE_BYTES: Final = 1 << 30
+#: Where a request starts, as every OTLP/JSON writer begins its lines (for torn-line recovery).
+_REQUEST_START: Final = b'{"resourceSpans":'
+#: A ``\uD800``-``\uDFFF`` escape not itself escaped (an even run of backslashes before it).
+_SURROGATE_ESCAPE: Final = re.compile(rb"(?<!\\)((?:\\\\)*)\\u([dD][89a-fA-F][0-9a-fA-F]{2})")
+_TORN: Final = "torn line (cut short by an interrupted write: a crash, kill -9 or a full disk)"
+#: In the note about a file that held lines but no readable span (the CLI exits non-zero).
+NO_SPAN_NOTE: Final = "no readable span in"
+#: How the console exporter (``OTEL_TRACES_EXPORTER=console``) writes ids, in pretty JSON.
+_CONSOLE_MARK: Final = b'"trace_id": "0x'
 _PROGRESS_AFTER_S: Final = 0.5
 #: One export request is one line, often hundreds of KB: with the default 8 KiB buffer,
 #: ``readline`` gathers such a line in pieces and spends 4x longer than with this one.
@@ -84,10 +105,65 @@ def why_malformed(line: bytes, error: Exception, loads: Callable[[bytes | memory
     try:
         document = loads(line)
     except ValueError as json_error:
-        return "truncated line" if not line.endswith(b"\n") else f"not JSON ({json_error})"
+        if not line.endswith(b"\n"):
+            return "truncated line"
+        if _cut_short(line, json_error, loads):
+            return _TORN
+        return f"not JSON ({json_error})"
     if not isinstance(document, dict) or not isinstance(document.get("resourceSpans"), list):
         return "no resourceSpans list"
     return f"not an OTLP trace request ({type(error).__name__}: {str(error)[:limit]})"
+
+
+def _cut_short(line: bytes, error: ValueError, loads: Callable[[bytes | memoryview], Any]
+               ) -> bool:
+    """True if ``line`` (which failed with ``error``) is a document cut short, maybe inside a
+    string (where its newline is the error) or a multi-byte character."""
+    if str(error).startswith("unexpected end of data"):
+        return True
+    body = line.rstrip(b"\r\n")
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        if bad.start < len(body) - 3 or bad.reason != "unexpected end of data":
+            return False
+        body = body[:bad.start]
+    try:
+        loads(body)
+    except ValueError as rest:
+        return str(rest).startswith("unexpected end of data")
+    return False
+
+
+def replace_lone_surrogate_escapes(line: bytes) -> bytes | None:
+    """``line`` with each ``\\uD800``-``\\uDFFF`` escape that is not half of a pair replaced by
+    ``\\ufffd``; None when it has none (valid pairs are kept)."""
+    matches = list(_SURROGATE_ESCAPE.finditer(line))
+    if not matches:
+        return None
+    lone = []
+    index = 0
+    while index < len(matches):
+        match = matches[index]
+        high = match.group(2)[1:2].lower() in b"89ab"
+        if high and index + 1 < len(matches):
+            after = matches[index + 1]
+            if after.start() == match.end() and not after.group(1) \
+                    and after.group(2)[1:2].lower() in b"cdef":
+                index += 2  # a valid pair
+                continue
+        lone.append(match)
+        index += 1
+    if not lone:
+        return None
+    out = bytearray()
+    last = 0
+    for match in lone:
+        out += line[last:match.start()]
+        out += match.group(1) + b"\\ufffd"
+        last = match.end()
+    out += line[last:]
+    return bytes(out)
 
 
 def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
@@ -126,6 +202,8 @@ class ReadProgress:
     bytes_read: int = 0
     #: The line of the request last handed on (for :meth:`bad_request`).
     line: bytes = b""
+    #: Notes for the reader's user: files that held lines but no readable span, with a hint.
+    notes: list[str] = field(default_factory=list)
 
     def bad_line(self, where: str, reason: str) -> None:
         """Count a malformed line and keep the first few examples."""
@@ -188,13 +266,63 @@ def _open(path: str) -> IO[bytes]:
     return stream
 
 
+def _salvage(line: bytes, decode: Callable[[bytes], ExportRequest]
+             ) -> tuple[bytes, ExportRequest, str | None] | None:
+    """A request read from a line the decoder refused: (the line read, its request, the reason
+    to report or None), or None when nothing in it can be read.
+
+    Two kinds of damage are read past: lone surrogate escapes (replaced, not reported: the line
+    is valid JSON), and a torn line that an older writer appended the next request to (the torn
+    part is reported, the request after it read).
+    """
+    repaired = replace_lone_surrogate_escapes(line) if b"\\u" in line else None
+    if repaired is not None:
+        try:
+            return repaired, decode(repaired), None
+        except (ValueError, RecursionError):
+            line = repaired
+    start = line.rfind(_REQUEST_START)
+    if start > 0:
+        tail = line[start:]
+        try:
+            return tail, decode(tail), _TORN + ", joined to a complete request, which was read"
+        except (ValueError, RecursionError):
+            pass
+    return None
+
+
+def _skip_rest_of_line(stream: IO[bytes]) -> int:
+    """Read to the end of the current line in bounded pieces; the bytes skipped."""
+    skipped = 0
+    while True:
+        piece = stream.readline(READ_BUFFER)
+        skipped += len(piece)
+        if not piece or piece.endswith(b"\n"):
+            return skipped
+
+
+def _no_span_note(name: str, lines: int, console: bool) -> str:
+    if console:
+        return (f"{name}: {NO_SPAN_NOTE} {lines:,} line(s); it looks like the console "
+                "exporter's output (OTEL_TRACES_EXPORTER=console: pretty-printed JSON over many "
+                "lines), which prodlens cannot read. Export with "
+                "OTEL_TRACES_EXPORTER=prodlens_file (and PRODLENS_FILE_PATH) instead")
+    return (f"{name}: {NO_SPAN_NOTE} {lines:,} line(s); prodlens reads OTLP/JSON, one "
+            "ExportTraceServiceRequest a line, as OTEL_TRACES_EXPORTER=prodlens_file or the "
+            "Collector's file exporter write it")
+
+
 def read_requests(
     paths: Iterable[str | os.PathLike[str]],
     progress: ReadProgress,
     *,
     show_progress: bool = True,
+    max_line_bytes: int = MAX_LINE_BYTES,
 ) -> Iterator[tuple[str, ExportRequest]]:
     """Yield ``(where, request)`` for each decoded line, ``where`` being ``file:line``.
+
+    A file with non-blank lines but no readable span adds a note to ``progress.notes``. Lines
+    longer than ``max_line_bytes`` are skipped and reported.
 
     Raises:
         InputError: a path does not exist or a file cannot be opened.
@@ -216,26 +344,50 @@ def read_requests(
             stream = _open(path)
             raw = getattr(stream, "fileobj", None) or stream
             number = 0
+            skipped = 0
+            content_lines = 0
+            spans_before = progress.spans
+            console = False
             try:
                 while True:
                     try:
-                        line = stream.readline()
+                        line = stream.readline(max_line_bytes + 1)
+                        if len(line) > max_line_bytes and not line.endswith(b"\n"):
+                            skipped = len(line) + _skip_rest_of_line(stream)
+                            line = b""
                     except (EOFError, OSError, zlib.error) as error:
                         progress.bad_line(f"{name}:{number + 1}", f"unreadable data ({error})")
                         break
                     if not line:
-                        break
+                        if not skipped:
+                            break
+                        number += 1
+                        progress.lines += 1
+                        content_lines += 1
+                        progress.bad_line(f"{name}:{number}",
+                                          f"line of {skipped:,} bytes skipped (longer than "
+                                          f"{max_line_bytes:,}; export smaller batches)")
+                        skipped = 0
+                        continue
                     number += 1
                     progress.lines += 1
                     if line.isspace():  # not line.strip(): that copies the whole line
                         continue
+                    content_lines += 1
                     try:
                         request = decode(line)
                     # msgspec's DecodeError, UnicodeDecodeError; RecursionError past ~1,000
                     # levels of nesting, where orjson's "depth limit exceeded" says not JSON
                     except (ValueError, RecursionError) as error:
-                        progress.bad_line(f"{name}:{number}", why_malformed(line, error, loads))
-                        continue
+                        salvaged = _salvage(line, decode)
+                        if salvaged is None:
+                            progress.bad_line(f"{name}:{number}",
+                                              why_malformed(line, error, loads))
+                            console = console or _CONSOLE_MARK in line
+                            continue
+                        line, request, reason = salvaged
+                        if reason is not None:
+                            progress.bad_line(f"{name}:{number}", reason)
                     progress.line = line
                     yield f"{name}:{number}", request
                     if bar.enabled and path != "-":
@@ -249,6 +401,8 @@ def read_requests(
                     stream.close()
                     if raw is not stream:
                         raw.close()
+            if content_lines and progress.spans == spans_before:
+                progress.notes.append(_no_span_note(name, content_lines, console))
             if path != "-":
                 with contextlib.suppress(OSError):
                     done_before += os.path.getsize(path)

@@ -26,6 +26,7 @@ from prodlens.analysis._model import (
     Filters,
     SliceOptions,
 )
+from prodlens.analysis._reader import NO_SPAN_NOTE
 
 __all__ = ["add_commands", "parse_time", "parse_where"]
 
@@ -214,6 +215,25 @@ def _report_input(malformed: int, examples: tuple[str, ...], notes: tuple[str, .
         print(f"prodlens: {note}", file=sys.stderr)
 
 
+#: Exit status when the input held no readable span at all (the report is still printed).
+NO_SPANS_STATUS = 1
+
+
+def _no_spans(args: argparse.Namespace, spans: int, notes: tuple[str, ...]) -> int:
+    """:data:`NO_SPANS_STATUS` when files were given and one with lines held no readable span
+    (its note, printed already, says which and why) or the input held no span at all."""
+    if args.clickhouse:
+        return 0
+    if any(NO_SPAN_NOTE in note for note in notes):
+        return NO_SPANS_STATUS
+    if spans:
+        return 0
+    print("prodlens: no span was read: the input is empty. prodlens reads OTLP/JSON lines "
+          "as OTEL_TRACES_EXPORTER=prodlens_file writes them (PRODLENS_FILE_PATH)",
+          file=sys.stderr)
+    return NO_SPANS_STATUS
+
+
 def _run(args: argparse.Namespace, affected: bool) -> int:
     problem = _check_input(args)
     if problem:
@@ -253,7 +273,7 @@ def _run(args: argparse.Namespace, affected: bool) -> int:
         render = {"csv": _output.render_affected_csv, "json": _output.render_affected_json,
                   "table": _output.render_affected_table}[args.format]
         sys.stdout.write(render(result).rstrip("\n") + "\n")
-        return 0
+        return _no_spans(args, result.input.spans, result.input.notes)
     _report_input(report.input.malformed, report.input.malformed_examples, report.input.notes)
     if args.format == "json":
         text = _output.render_json(report)
@@ -262,14 +282,16 @@ def _run(args: argparse.Namespace, affected: bool) -> int:
     else:
         text = _output.render_table(report, args.limit)
     sys.stdout.write(text.rstrip("\n") + "\n")
-    return 0
+    return _no_spans(args, report.input.spans, report.input.notes)
 
 
 def run_slice(args: argparse.Namespace) -> int:
-    """Handler of ``prodlens slice``; returns the exit status (2 on bad input)."""
+    """Handler of ``prodlens slice``; returns the exit status (2 on bad input, 1 when the
+    input held no readable span)."""
     return _run(args, affected=False)
 
 
 def run_affected(args: argparse.Namespace) -> int:
-    """Handler of ``prodlens affected``; returns the exit status (2 on bad input)."""
+    """Handler of ``prodlens affected``; returns the exit status (2 on bad input, 1 when the
+    input held no readable span)."""
     return _run(args, affected=True)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from prodlens import _stamp, attributes
-from prodlens._safety import internal_error, log_once
+from prodlens._safety import guard, log_once
 from prodlens.config import Settings
 
 
@@ -122,10 +122,8 @@ def install(settings: Settings) -> Runtime:
     runtime = _make(settings, _current.generation + 1, configured=True)
     _current = runtime
     for callback in tuple(_listeners):
-        try:
+        with guard("applying new settings"):
             callback(runtime)
-        except Exception as error:
-            internal_error("applying new settings", error)
     _stamp.use_direct(settings.direct_stamp)
     return runtime
 

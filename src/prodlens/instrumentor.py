@@ -36,7 +36,7 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 from opentelemetry.sdk.trace import TracerProvider
 
 from prodlens import _configure, _runtime
-from prodlens._safety import internal_error, log_once, logger
+from prodlens._safety import guard, internal_error, log_once, logger
 from prodlens.config import INTEGRATION_NAMES, read_environment
 from prodlens.integrations import _patching
 
@@ -71,23 +71,19 @@ def _register(name: str) -> None:
         internal_error(f"loading {name}", error)
         return
     for target, hook in _targets(module):
-        try:
+        with guard(f"registering {name}"):
             _patching.on_import(target, hook)
-        except Exception as error:
-            internal_error(f"registering {name}", error)
 
 
 def _attach_later(wrapped: Any, instance: Any, args: tuple[Any, ...],
                   kwargs: dict[str, Any]) -> Any:
     """After the app sets the global provider itself, attach prodlens to it."""
     result = wrapped(*args, **kwargs)
-    try:
+    with guard("attaching to the tracer provider"):
         provider = args[0] if args else kwargs.get("tracer_provider")
         runtime = _runtime.current()
         if runtime.on and isinstance(provider, TracerProvider):
             _configure.attach(provider, runtime.settings)
-    except Exception as error:
-        internal_error("attaching to the tracer provider", error)
     return result
 
 
@@ -114,10 +110,8 @@ class ProdlensInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         return []
 
     def _instrument(self, **kwargs: Any) -> None:
-        try:
+        with guard("ProdlensInstrumentor.instrument"):  # the other instrumentors still load
             self._install(kwargs.get("tracer_provider"), kwargs.get("environ"))
-        except Exception as error:  # never stop the other instrumentors from loading
-            internal_error("ProdlensInstrumentor.instrument", error)
 
     def _install(self, provider: object, environ: Mapping[str, str] | None) -> None:
         runtime = _runtime.current()
@@ -155,8 +149,6 @@ class ProdlensInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         _patching.wrap(module, "set_tracer_provider", _attach_later)
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        try:
+        with guard("ProdlensInstrumentor.uninstrument"):
             _patching.unpatch_all()
             _runtime.set_active(False)
-        except Exception as error:
-            internal_error("ProdlensInstrumentor.uninstrument", error)

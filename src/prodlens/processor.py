@@ -42,8 +42,8 @@ class ProdlensSpanProcessor(SpanProcessor):
     """
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        # A plain try/except rather than ``guard``: this runs for every span, and the bench
-        # (bench/bench_core.py) shows a context manager here costs more than the 3% rule allows.
+        # A plain try/except rather than ``with guard(...)``: this runs for every span, and a
+        # guard costs ~0.4 us here (timeit), about as much as the whole stamp.
         try:
             runtime = _runtime.current()
             if not runtime.on:

@@ -16,7 +16,7 @@ from typing import Any
 import wrapt
 
 from prodlens import _runtime
-from prodlens._safety import internal_error
+from prodlens._safety import guard, internal_error
 
 __all__ = ["has_parameters", "on_import", "on_unpatch", "patched", "replace", "unpatch_all",
            "wrap", "wrap_while"]
@@ -150,10 +150,8 @@ def unpatch_all() -> None:
         _conditional.clear()
         while _undo:
             callback = _undo.pop()
-            try:
+            with guard("unpatching"):  # one failing undo must not block the others
                 callback()
-            except Exception as error:  # one failing undo must not block the others
-                internal_error("unpatching", error)
         while _patches:
             owner, attribute, original = _patches.pop()
             setattr(owner, attribute, original)
@@ -163,10 +161,8 @@ def _run_hook(name: str, module: ModuleType) -> None:
     hook = _hooks.get(name)
     if hook is None or not _active:
         return
-    try:
+    with guard(f"patching {name}"):  # never break the import of the framework
         hook(module)
-    except Exception as error:  # patching must never break the import of the framework
-        internal_error(f"patching {name}", error)
 
 
 def on_import(module_name: str, hook: Callable[[ModuleType], None]) -> None:

@@ -64,16 +64,14 @@ from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Histogram, MeterProvider, Observation
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from prodlens import _runtime, attributes
-from prodlens._safety import internal_error
+from prodlens._safety import guard, internal_error
 from prodlens._stamp import attribute_dict
 from prodlens.config import Settings
 from prodlens.pseudonym import compute_pseudonym
-from prodlens.signals._kinds import CONSUMER as _CONSUMER
-from prodlens.signals._kinds import ERROR as _ERROR
-from prodlens.signals._kinds import SERVER as _SERVER
 from prodlens.signals._series import Point, Series, SeriesTable
 from prodlens.signals.storms import RepeatTracker, StormTagger
 
@@ -336,10 +334,8 @@ class CohortMetricsProcessor(SpanProcessor):
     def _observe_requests(self, options: CallbackOptions) -> Iterable[Observation]:
         # The SDK runs the asynchronous instruments' callbacks before it reads the synchronous
         # ones, so durations flushed here are in this very collection.
-        try:
+        with guard("cohort metrics: durations"):
             self.flush_durations()
-        except Exception as error:
-            internal_error("cohort metrics: durations", error)
         return [Observation(requests, point) for point, requests, _ in self._series.snapshot()]
 
     def _observe_repeats(self, options: CallbackOptions) -> Iterable[Observation]:
@@ -369,13 +365,13 @@ class CohortMetricsProcessor(SpanProcessor):
             internal_error("storm tracking", error)
 
     def on_end(self, span: ReadableSpan) -> None:
-        try:
+        try:  # per span: see ProdlensSpanProcessor.on_start on guard
             # storms.is_request_root, inlined; cheapest tests first: most spans are children.
             parent = span.parent
             if parent is not None and not parent.is_remote:
                 return
             kind = span.kind
-            if kind is not _SERVER and kind is not _CONSUMER:
+            if kind is not SpanKind.SERVER and kind is not SpanKind.CONSUMER:
                 return
             runtime = _runtime.current()
             if not runtime.on:
@@ -395,7 +391,7 @@ class CohortMetricsProcessor(SpanProcessor):
         if layout is None:
             layout = derived.layout(keys)
         values = layout.read(attrs)
-        error = span.status.status_code is _ERROR
+        error = span.status.status_code is StatusCode.ERROR
         resource = span.resource
         service_of = self._service_of  # one read: another provider's thread may replace it
         if service_of[0] is not resource:
@@ -407,7 +403,7 @@ class CohortMetricsProcessor(SpanProcessor):
         identifying = values[:layout.width] if layout.width < len(values) else values
         # A consumer's name stands in for its missing route, so it is part of the shape then.
         named = (layout.route_at < 0 or values[layout.route_at] is None) \
-            and span.kind is _CONSUMER
+            and span.kind is SpanKind.CONSUMER
         shape = (layout, identifying, span.name if named else None, error, service, label)
         try:
             series = derived.shapes.get(shape)
@@ -453,7 +449,7 @@ class CohortMetricsProcessor(SpanProcessor):
         items: list[tuple[str, AttributeValue]] = list(zip(layout.cohorts, values, strict=False))
         route = values[layout.route_at] if layout.route_at >= 0 else None
         if route is None:
-            route = span.name if span.kind is _CONSUMER else UNMATCHED_ROUTE
+            route = span.name if span.kind is SpanKind.CONSUMER else UNMATCHED_ROUTE
         items.append((attributes.METRIC_ROUTE, route))
         error_text = _TRUE if error else _FALSE
         items.append((attributes.METRIC_ERROR, error_text))
@@ -480,16 +476,12 @@ class CohortMetricsProcessor(SpanProcessor):
         return attributes.OTHER_VALUE
 
     def shutdown(self) -> None:
-        try:
+        with guard("cohort metrics: durations"):
             self.flush_durations()
-        except Exception as error:
-            internal_error("cohort metrics: durations", error)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        try:
+        with guard("cohort metrics: durations"):
             self.flush_durations()
-        except Exception as error:
-            internal_error("cohort metrics: durations", error)
         return True
 
 

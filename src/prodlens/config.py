@@ -47,19 +47,14 @@ from prodlens._grammar import (
 )
 
 __all__ = [
-    "INTEGRATION_NAMES",
     "PARAMETERS",
-    "PROPAGATE_GRAMMAR",
-    "SOURCE_GRAMMAR",
-    "SOURCE_KINDS",
     "ConfigError",
     "Parameter",
+    "Problem",
     "Settings",
     "Source",
     "load_settings",
-    "parse_sources",
     "read_environment",
-    "reference_markdown",
 ]
 
 ENV_PREFIX: Final = "PRODLENS_"

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from prodlens._runtime import CohortLimiter
     from prodlens.config import Settings
 
-__all__ = ["Identity", "build", "merge", "normalize_cohorts", "normalize_customer", "to_text"]
+__all__ = ["Identity"]
 
 _EMPTY: Final[Mapping[str, str]] = MappingProxyType({})
 

@@ -25,7 +25,7 @@ from prodlens._safety import internal_error
 from prodlens._scope import SCOPE
 from prodlens._stamp import stamp_starting
 
-__all__ = ["ProdlensSpanProcessor", "open_span_count"]
+__all__ = ["ProdlensSpanProcessor"]
 
 
 def open_span_count() -> int:

@@ -36,7 +36,6 @@ from prodlens._grammar import (
     COHORT_NAME_GRAMMAR,
     PROPAGATE_GRAMMAR,
     SOURCE_GRAMMAR,
-    SOURCE_KINDS,
     Invalid,
     Source,
     parse_patterns,

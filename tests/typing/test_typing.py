@@ -11,7 +11,8 @@ HERE = Path(__file__).resolve().parent
 
 def _mypy(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--follow-imports=silent",
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--cache-dir=/dev/null",
+         "--follow-imports=silent",
          str(path)],
         capture_output=True, text=True, timeout=300, cwd=HERE,
     )

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import sys
+import threading
 from typing import Final
 
 from opentelemetry import trace
@@ -197,6 +199,8 @@ def identify(customer: object = _KEEP, **cohorts: object) -> Identity | None:
     with guard("identify()"):
         runtime = _runtime.current()
         _runtime.warn_if_unattached("prodlens.identify()")
+        if SCOPE.get() is None:
+            _warn_on_pool_worker()
         settings = runtime.settings
         clear = customer is None
         name, pseudo = (None, False) if customer is _KEEP or clear \
@@ -215,3 +219,23 @@ def identify(customer: object = _KEEP, **cohorts: object) -> Identity | None:
             apply(update)
         return current()
     return None
+
+
+def _warn_on_pool_worker() -> None:
+    """Warn (once) that identify() outside any scope on a pool's worker thread sticks to that
+    thread: every later job it runs would carry this identity."""
+    thread = threading.current_thread()
+    if thread is threading.main_thread():
+        return
+    # A ThreadPoolExecutor worker (asyncio's default executor is one) runs the module's
+    # ``_worker`` loop; its registry of workers is filled only after a worker starts its first
+    # job, so the thread's target is what tells, with the default name as a fallback.
+    pool = sys.modules.get("concurrent.futures.thread")
+    worker_loop = getattr(pool, "_worker", None)
+    if thread.name.startswith("ThreadPoolExecutor-") or (
+            worker_loop is not None and getattr(thread, "_target", None) is worker_loop):
+        log_once("identify:pool-worker", logging.WARNING,
+                 "prodlens: identify() ran outside any scope on thread-pool worker %s: the "
+                 "identity stays with that thread, so its later jobs carry it too. Run the job "
+                 "inside `with prodlens.tag(customer, ...)` (a scope that ends with the job), "
+                 "or wrap it with @prodlens.tag. Logged once.", thread.name)

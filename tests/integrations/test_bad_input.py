@@ -161,3 +161,63 @@ def test_resolve_early_never_raises_and_stays_bounded(auth: str, cookie: str, ba
     if identity is not None:
         assert len(identity.cohorts) <= 4
         assert all(len(v) <= 32 for v in identity.attributes.values())
+
+
+async def _plain_asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.mark.parametrize("value", [
+    b"a=\xff\\,prodlens.customer=x",  # the non-prodlens rest would end in a lone backslash
+    b"a=\\x4,prodlens.cohort.plan=y",
+    b"prodlens.customer=\xc3(,b=\\",
+    b"\xff\xfe\\u12,prodlens.customer=z,\\",
+])
+def test_asgi_baggage_rewriting_never_turns_a_request_into_a_500(
+        prodlens_setup: Any, no_prodlens_errors: None, value: bytes) -> None:
+    # OpenTelemetry's ASGI getter decodes a header as UTF-8, else with "unicode_escape", which
+    # raises on some byte strings; prodlens must not rewrite a header into one of those.
+    from asgi_servers import serve_asgi
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    traced = prodlens_setup({"PRODLENS_CUSTOMER_FROM": "header:x-customer-id,baggage"})
+    app = OpenTelemetryMiddleware(_plain_asgi, tracer_provider=traced.provider)
+    with serve_asgi(app) as base:
+        received = send_raw(base, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Customer-Id: c\r\n"
+                                  b"baggage: " + value + b"\r\nConnection: close\r\n\r\n")
+    assert received.startswith(b"HTTP/1.1 200"), received[:200]
+    servers = [s for s in traced.spans() if s.kind == SpanKind.SERVER]
+    assert [prodlens_attributes(s.attributes) for s in servers] == [{"enduser.id": "c"}]
+
+
+def _utf8_as_wsgi(text: str) -> str:
+    """``text`` as a WSGI server hands it over (UTF-8 bytes, one latin-1 character each)."""
+    return text.encode().decode("latin-1")
+
+
+def test_wsgi_cookie_and_query_are_cut_at_16_kib_of_bytes_before_decoding() -> None:
+    _runtime.install(load_settings({}))
+    # 9,000 two-byte characters: 18,000 bytes, past the 16 KiB bound, but 9,000 characters.
+    padding = "\u00e9" * 9000
+    view = EnvironView({"HTTP_COOKIE": _utf8_as_wsgi(f"pad={padding}; sid=late"),
+                        "QUERY_STRING": _utf8_as_wsgi(f"pad={padding}&plan=late")})
+    assert view.cookie("sid") is None and view.query("plan") is None
+    early = EnvironView({"HTTP_COOKIE": _utf8_as_wsgi(f"sid=\u00e9t\u00e9; pad={padding}"),
+                         "QUERY_STRING": _utf8_as_wsgi(f"plan=%C3%A9&pad={padding}")})
+    assert early.cookie("sid") == "\u00e9t\u00e9" and early.query("plan") == "\u00e9"
+
+
+def test_a_lone_surrogate_in_a_jwt_becomes_u_fffd_on_the_span(flask_app: Any,
+                                                             no_prodlens_errors: None) -> None:
+    app, traced = flask_app
+    payload = b64(b'{"sub": "\\ud800", "org": {"plan": "a\\udfffb"}}')
+    with serve_wsgi(app) as base:
+        received = send_raw(base, b"GET /t/x HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                  b"Authorization: Bearer e30." + payload.encode() +
+                                  b".sig\r\nConnection: close\r\n\r\n")
+    assert received.startswith(b"HTTP/1.1 200")
+    servers = [s for s in traced.spans() if s.kind == SpanKind.SERVER]
+    assert [prodlens_attributes(s.attributes) for s in servers] == [
+        {"enduser.id": "\ufffd", "prodlens.cohort.plan": "a\ufffdb",
+         "prodlens.cohort.tenant": "x"}]

@@ -65,7 +65,8 @@ LATE_KINDS: Final = frozenset({"user", "path"})
 
 #: Bearer tokens longer than this are not decoded at all.
 MAX_TOKEN_BYTES: Final = 8 * 1024
-#: Only this many characters of a Cookie header / query string are scanned.
+#: Only this many characters of a Cookie header / query string are scanned (bytes, where the
+#: framework gives bytes: the cut comes before decoding).
 MAX_COOKIE_CHARS: Final = 16 * 1024
 MAX_QUERY_CHARS: Final = 16 * 1024
 #: Dotted claim paths deeper than this are not followed.

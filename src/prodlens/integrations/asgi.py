@@ -42,6 +42,7 @@ from prodlens.baggage import may_hold_prodlens, strip_current_context
 from prodlens.identity import Identity, merge
 from prodlens.integrations import _patching
 from prodlens.integrations._sources import (
+    MAX_COOKIE_CHARS,
     cookie_value,
     query_value,
     resolve_early,
@@ -146,7 +147,9 @@ class ASGIScopeView:
     def cookie(self, name: str) -> str | None:
         # HTTP/2 may split cookies over several headers.
         values = self._values("cookie")
-        return cookie_value(_text(b"; ".join(values)), name) if values else None
+        # Cut before decoding: as the WSGI integration does, the bound is on bytes.
+        return cookie_value(_text(b"; ".join(values)[:MAX_COOKIE_CHARS]), name) \
+            if values else None
 
     def query(self, name: str) -> str | None:
         raw = self.scope.get("query_string")

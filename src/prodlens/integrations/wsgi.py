@@ -34,6 +34,8 @@ from prodlens._scope import ScopeToken, close_scope, open_scope
 from prodlens.baggage import may_hold_prodlens, strip_current_context
 from prodlens.identity import merge
 from prodlens.integrations._sources import (
+    MAX_COOKIE_CHARS,
+    MAX_QUERY_CHARS,
     cookie_value,
     environ_key,
     query_value,
@@ -79,6 +81,12 @@ def _wsgi_text(value: object) -> str | None:
         return value
 
 
+def _head(value: object, limit: int) -> object:
+    """The first ``limit`` bytes of a WSGI value (PEP 3333: one latin-1 character per byte),
+    cut before it is decoded, so a huge header costs no more than its first ``limit`` bytes."""
+    return value[:limit] if isinstance(value, str) else value
+
+
 class EnvironView:
     """A :class:`~prodlens.integrations._sources.RequestView` over a WSGI environ."""
 
@@ -94,10 +102,12 @@ class EnvironView:
         return _wsgi_text(value)
 
     def cookie(self, name: str) -> str | None:
-        return cookie_value(_wsgi_text(self.environ.get("HTTP_COOKIE")), name)
+        return cookie_value(_wsgi_text(_head(self.environ.get("HTTP_COOKIE"),
+                                             MAX_COOKIE_CHARS)), name)
 
     def query(self, name: str) -> str | None:
-        return query_value(_wsgi_text(self.environ.get("QUERY_STRING")), name)
+        return query_value(_wsgi_text(_head(self.environ.get("QUERY_STRING"),
+                                            MAX_QUERY_CHARS)), name)
 
     def path_param(self, name: str) -> object | None:
         return None

@@ -171,7 +171,7 @@ def test_other_packages_get_a_read_only_view_of_span_attributes(traced):
 def test_cached_early_identities_never_hold_a_bearer_token():
     from prodlens import _runtime
     from prodlens.integrations import wsgi
-    from prodlens.integrations._sources import header_plan
+    from prodlens.integrations._plan import header_plan
 
     settings = load_settings({"PRODLENS_CUSTOMER_FROM": "jwt:sub", "PRODLENS_METRICS": "false"})
     _runtime.install(settings)

@@ -38,18 +38,12 @@ from opentelemetry.sdk.trace import Span
 from prodlens import _runtime
 from prodlens._safety import internal_error
 from prodlens._scope import ScopeToken, apply, close_scope, open_scope
-from prodlens.baggage import may_hold_prodlens, strip_current_context
+from prodlens.baggage import may_hold_prodlens, strip_current_context, strip_members
 from prodlens.identity import Identity, merge
 from prodlens.integrations import _patching
-from prodlens.integrations._sources import (
-    MAX_COOKIE_CHARS,
-    cookie_value,
-    query_value,
-    resolve_early,
-    resolve_late,
-    source_plan,
-    strip_prodlens_members,
-)
+from prodlens.integrations._plan import source_plan
+from prodlens.integrations._readers import MAX_COOKIE_CHARS, cookie_value, query_value
+from prodlens.integrations._sources import resolve_early, resolve_headers, resolve_late
 
 __all__ = [
     "TARGET",
@@ -190,7 +184,7 @@ def _strip_inbound_baggage(scope: ASGIScope) -> None:
             continue
         text = bytes(value).decode("latin-1")
         if may_hold_prodlens(text):
-            stripped = strip_prodlens_members(text)
+            stripped = strip_members(text)
             if stripped != text:
                 replaced[index] = stripped.encode("ascii") if stripped else None
     if replaced:
@@ -267,7 +261,7 @@ def _enter(scope: ASGIScope, with_late: bool) -> ScopeToken | None:
         if headers is not None and key is not None:
             # Header-only sources: the identity is cached by the raw header values (a tuple of
             # bytes and None: hashable).
-            identity: Identity | None = headers.resolve(key, ASGIScopeView, scope)
+            identity: Identity | None = resolve_headers(headers, key, ASGIScopeView, scope)
         else:
             identity = resolve_early(ASGIScopeView(scope), settings)
         # Whether baggage is a source or not, a client's prodlens members go no further.

@@ -36,7 +36,8 @@ from prodlens import _runtime
 from prodlens._safety import internal_error
 from prodlens._scope import apply
 from prodlens.integrations import _patching
-from prodlens.integrations._sources import needs_late, resolve_late, source_plan
+from prodlens.integrations._plan import needs_late, source_plan
+from prodlens.integrations._sources import resolve_late
 from prodlens.integrations.wsgi import EnvironView, enter_request, exit_request
 
 __all__ = ["TARGET", "DjangoView", "patch"]

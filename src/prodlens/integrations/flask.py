@@ -27,7 +27,8 @@ from prodlens import _runtime
 from prodlens._safety import internal_error
 from prodlens._scope import apply
 from prodlens.integrations import _patching
-from prodlens.integrations._sources import late_sources_configured, resolve_late, source_plan
+from prodlens.integrations._plan import late_sources_configured, source_plan
+from prodlens.integrations._sources import resolve_late
 from prodlens.integrations.wsgi import EnvironView, enter_request, exit_request
 
 __all__ = ["TARGET", "FlaskView", "patch"]

@@ -33,7 +33,7 @@ from typing import Any, Final
 from prodlens import _runtime
 from prodlens._safety import internal_error
 from prodlens.integrations import _patching
-from prodlens.integrations._sources import late_sources_configured, source_plan
+from prodlens.integrations._plan import late_sources_configured, source_plan
 from prodlens.integrations.asgi import apply_late, asgi_call, wrap_app_call
 
 __all__ = ["PATCHES", "TARGET", "patch", "patch_fastapi"]

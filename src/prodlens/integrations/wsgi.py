@@ -31,19 +31,17 @@ from opentelemetry.context import get_current as _otel_context
 from prodlens import _runtime
 from prodlens._safety import internal_error
 from prodlens._scope import ScopeToken, close_scope, open_scope
-from prodlens.baggage import may_hold_prodlens, strip_current_context
+from prodlens.baggage import may_hold_prodlens, strip_current_context, strip_members
 from prodlens.identity import merge
-from prodlens.integrations._sources import (
+from prodlens.integrations._plan import source_plan
+from prodlens.integrations._readers import (
     MAX_COOKIE_CHARS,
     MAX_QUERY_CHARS,
     cookie_value,
     environ_key,
     query_value,
-    resolve_early,
-    resolve_late,
-    source_plan,
-    strip_prodlens_members,
 )
+from prodlens.integrations._sources import resolve_early, resolve_headers, resolve_late
 
 __all__ = ["EnvironView", "ProdlensMiddleware", "enter_request", "environ_key", "exit_request"]
 
@@ -136,7 +134,7 @@ def enter_request(
         headers = plan.headers
         if headers is not None:
             # Header-only sources: the identity is cached by the raw environ values.
-            identity = headers.resolve(tuple(map(environ.get, headers.environ_keys)),
+            identity = resolve_headers(headers, tuple(map(environ.get, headers.environ_keys)),
                                        EnvironView, environ)
         else:
             identity = resolve_early(EnvironView(environ), settings)
@@ -149,7 +147,7 @@ def enter_request(
             # Whether read as a source or not, prodlens members a client sent go no further:
             # OpenTelemetry's propagator would put them in the context, and from there into
             # every outgoing request and message.
-            environ["HTTP_BAGGAGE"] = strip_prodlens_members(header)
+            environ["HTTP_BAGGAGE"] = strip_members(header)
         if _otel_context():  # an empty context holds no baggage: the common case, one call
             stripped = strip_current_context()
             if stripped is not None:

@@ -51,12 +51,9 @@ provider::
 
 from __future__ import annotations
 
-import heapq
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from operator import itemgetter
+from collections.abc import Iterable
 from typing import Final
 
 from opentelemetry import metrics
@@ -70,17 +67,20 @@ from opentelemetry.util.types import AttributeValue
 from prodlens import _runtime, attributes
 from prodlens._safety import guard, internal_error
 from prodlens._stamp import attribute_dict
-from prodlens.config import Settings
-from prodlens.pseudonym import compute_pseudonym
+from prodlens.signals._layouts import (
+    Derived,
+    Layout,
+    customer_label,
+    derive,
+)
 from prodlens.signals._series import Point, Series, SeriesTable
 from prodlens.signals.storms import RepeatTracker, StormTagger
 
-__all__ = ["DURATION_BUCKETS", "CohortMetricsProcessor", "TopCustomers"]
+__all__ = ["DURATION_BUCKETS", "CohortMetricsProcessor"]
 
 #: Semantic-conventions buckets for ``http.server.request.duration`` (seconds).
 DURATION_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
                            5.0, 7.5, 10.0)
-_STATUS_KEYS: Final = ("http.response.status_code", "http.status_code")
 _STATUS_CLASSES: Final = {n: f"{n}xx" for n in range(1, 6)}
 _TRUE: Final = "true"
 #: ``http.route`` of a server span that has none (unrouted: one series, whatever the path).
@@ -89,144 +89,11 @@ _FALSE: Final = "false"
 
 
 
-class TopCustomers:
-    """The K busiest customers by request count (Space-Saving sketch; bounded, thread-safe).
-
-    Counts are kept for at most ``8 * k`` customers (at least 64); when a new customer arrives
-    and the table is full, it replaces the least-counted one and inherits its count (the
-    Space-Saving algorithm, whose top entries are the true heavy hitters). The top-K set is
-    recomputed after 1, 2, 4 … 1024 observations, then every 1024.
-
-    Example::
-
-        >>> top = TopCustomers(1)
-        >>> [top.label(c) for c in ("acme", "acme", "globex")]
-        ['acme', 'acme', '__other__']
-    """
-
-    def __init__(self, k: int) -> None:
-        self._k = k
-        self._capacity = max(8 * k, 64)
-        self._counts: dict[str, int] = {}
-        self._top: frozenset[str] = frozenset()
-        self._seen = 0
-        self._lock = threading.Lock()
-
-    def label(self, customer: str) -> str:
-        """Observe one request of ``customer``; its metric label (itself or ``__other__``)."""
-        with self._lock:
-            counts = self._counts
-            if customer in counts:
-                counts[customer] += 1
-            elif len(counts) < self._capacity:
-                counts[customer] = 1
-            else:
-                smallest = min(counts, key=counts.__getitem__)
-                counts[customer] = counts.pop(smallest) + 1
-            self._seen += 1
-            seen = self._seen
-            if seen & 1023 == 0 or (seen < 1024 and seen & (seen - 1) == 0):
-                self._top = frozenset(heapq.nlargest(self._k, counts, key=counts.__getitem__))
-        return customer if customer in self._top else attributes.OTHER_VALUE
-
-
-#: Distinct attribute-key orders of request roots remembered (a handful per application).
-MAX_LAYOUTS: Final = 64
-#: Request shapes (raw attribute values -> series) remembered; the table is emptied when full.
-MAX_SHAPES: Final = 4096
 #: Durations waiting for the next collection; past it, a duration is recorded at once.
 MAX_PENDING_DURATIONS: Final = 4096
 #: Durations are recorded outside any span (no exemplars: see the module docstring). Not an
 #: empty Context: the SDK takes ``context or get_current()``, and an empty one is falsy.
 _NO_CONTEXT: Final = Context({"prodlens.metrics": True})
-
-
-class _Layout:
-    """How to read the metric attributes of root spans whose attribute keys come in one order.
-
-    Built once per distinct key tuple (one per framework and identity shape, in practice): the
-    cohort keys (sorted by name), which route and HTTP status keys are there, where the repeat
-    count and the customer are, and one getter that reads them all.
-    """
-
-    __slots__ = ("cohorts", "customer_at", "pseudonymous", "read", "repeat_at", "route_at",
-                 "status_at", "width")
-
-    def __init__(self, keys: tuple[str, ...], derived: _Derived) -> None:
-        present = set(keys)
-        self.cohorts = tuple(sorted(k for k in present if k.startswith(derived.prefix)))
-        read = list(self.cohorts)
-        self.route_at = self.status_at = self.repeat_at = self.customer_at = -1
-        if attributes.METRIC_ROUTE in present:
-            self.route_at = len(read)
-            read.append(attributes.METRIC_ROUTE)
-        status_key = next((k for k in _STATUS_KEYS if k in present), None)
-        if status_key is not None:
-            self.status_at = len(read)
-            read.append(status_key)
-        #: Values up to here identify the series; the rest are read for other uses.
-        self.width = len(read)
-        if attributes.REPEAT_COUNT_ATTRIBUTE in present:
-            self.repeat_at = len(read)
-            read.append(attributes.REPEAT_COUNT_ATTRIBUTE)
-        self.pseudonymous = attributes.PSEUDONYM_ATTRIBUTE in present
-        if derived.per_customer:
-            customer_key = (derived.customer_attribute if derived.customer_attribute in present
-                            else attributes.PSEUDONYM_ATTRIBUTE if self.pseudonymous else None)
-            if customer_key is not None:
-                self.customer_at = len(read)
-                read.append(customer_key)
-        self.read: Callable[[Mapping[str, AttributeValue]], tuple[AttributeValue, ...]]
-        if len(read) > 1:
-            self.read = itemgetter(*read)
-        elif read:
-            only = read[0]
-            self.read = lambda attrs: (attrs[only],)
-        else:
-            self.read = lambda attrs: ()
-
-
-@dataclass(frozen=True, eq=False)
-class _Derived:
-    """What the processor reads per request, derived once per settings generation.
-
-    Also holds the per-generation caches (bounded): attribute layouts by key tuple, and the
-    series of each request shape, so a request seen before costs a few dict look-ups. A
-    settings change starts empty caches, so no cached budget decision outlives its settings.
-    """
-
-    generation: int
-    prefix: str
-    customer_attribute: str
-    listed: frozenset[str]
-    listed_pseudonyms: frozenset[str]
-    top: TopCustomers | None
-    threshold: int
-    layouts: dict[tuple[str, ...], _Layout] = field(default_factory=dict)
-    shapes: dict[tuple[object, ...], Series] = field(default_factory=dict)
-
-    @property
-    def per_customer(self) -> bool:
-        return bool(self.listed) or self.top is not None
-
-    def layout(self, keys: tuple[str, ...]) -> _Layout:
-        """The layout for ``keys`` (built and remembered on first sight)."""
-        found = self.layouts.get(keys)
-        if found is None:
-            found = _Layout(keys, self)
-            if len(self.layouts) >= MAX_LAYOUTS:
-                self.layouts.clear()
-            self.layouts[keys] = found
-        return found
-
-
-def _derive(settings: Settings, generation: int) -> _Derived:
-    listed = frozenset(settings.metrics_customers)
-    key = settings.pseudonym_key
-    pseudonyms = frozenset(compute_pseudonym(c, key) for c in listed) if key else frozenset()
-    top = TopCustomers(settings.metrics_top_customers) if settings.metrics_top_customers else None
-    return _Derived(generation, settings.cohort_prefix, settings.customer_attribute, listed,
-                    pseudonyms, top, settings.storm_threshold)
 
 
 class CohortMetricsProcessor(SpanProcessor):
@@ -294,7 +161,7 @@ class CohortMetricsProcessor(SpanProcessor):
         self.storms = StormTagger(repeat_tracker) if storms else None
         #: (seconds, attribute set) per request, recorded into the histogram at collection.
         self._pending_durations: deque[tuple[float, Point]] = deque()
-        self._derived: _Derived | None = None
+        self._derived: Derived | None = None
         #: The last span resource seen and its service.name (one per tracer provider).
         self._service_of: tuple[Resource | None, AttributeValue | None] = (None, None)
         self._lock = threading.Lock()
@@ -342,7 +209,7 @@ class CohortMetricsProcessor(SpanProcessor):
         return [Observation(repeats, point) for point, _, repeats in self._series.snapshot()
                 if repeats]
 
-    def _settings(self) -> _Derived:
+    def _settings(self) -> Derived:
         runtime = _runtime.current()
         derived = self._derived
         if derived is not None and derived.generation == runtime.generation:
@@ -350,7 +217,7 @@ class CohortMetricsProcessor(SpanProcessor):
         with self._lock:
             derived = self._derived
             if derived is None or derived.generation != runtime.generation:
-                derived = self._derived = _derive(runtime.settings, runtime.generation)
+                derived = self._derived = derive(runtime.settings, runtime.generation)
                 self._series.limit = runtime.settings.metrics_max_series
             return derived
 
@@ -383,7 +250,7 @@ class CohortMetricsProcessor(SpanProcessor):
         except Exception as error:
             internal_error("cohort metrics", error)
 
-    def _record(self, span: ReadableSpan, derived: _Derived) -> None:
+    def _record(self, span: ReadableSpan, derived: Derived) -> None:
         attrs = attribute_dict(span)
         # An ended span's attribute keys iterate as a plain dict: one tuple, one look-up.
         keys = tuple(attrs)
@@ -398,7 +265,7 @@ class CohortMetricsProcessor(SpanProcessor):
             service_of = self._service_of = (
                 resource, resource.attributes.get(attributes.METRIC_SERVICE))
         service = service_of[1]
-        label = (self._customer_label(derived, layout, values) if layout.customer_at >= 0
+        label = (customer_label(derived, layout, values) if layout.customer_at >= 0
                  else attributes.OTHER_VALUE if derived.per_customer else None)
         identifying = values[:layout.width] if layout.width < len(values) else values
         # A consumer's name stands in for its missing route, so it is part of the shape then.
@@ -413,10 +280,7 @@ class CohortMetricsProcessor(SpanProcessor):
         if series is None:
             series = self._series_of(span, derived, layout, values, error, service, label)
             if cacheable:
-                shapes = derived.shapes
-                if len(shapes) >= MAX_SHAPES:
-                    shapes.clear()
-                shapes[shape] = series
+                derived.remember(shape, series)
         repeated = False
         storms = self.storms
         if storms is not None:
@@ -442,7 +306,7 @@ class CohortMetricsProcessor(SpanProcessor):
                 else:  # nobody collects (or not often enough): record now, memory stays bounded
                     duration.record(seconds, series.attributes, context=_NO_CONTEXT)
 
-    def _series_of(self, span: ReadableSpan, derived: _Derived, layout: _Layout,
+    def _series_of(self, span: ReadableSpan, derived: Derived, layout: Layout,
                    values: tuple[AttributeValue, ...], error: bool,
                    service: AttributeValue | None, label: str | None) -> Series:
         """The series of a request shape not seen before (builds its attribute set)."""
@@ -462,18 +326,6 @@ class CohortMetricsProcessor(SpanProcessor):
         if label is not None:
             items.append((attributes.METRIC_CUSTOMER, label))
         return self._series.get(tuple(items), error_text)
-
-    @staticmethod
-    def _customer_label(derived: _Derived, layout: _Layout,
-                        values: tuple[AttributeValue, ...]) -> str:
-        value = values[layout.customer_at]
-        customer = value if isinstance(value, str) else str(value)
-        listed = derived.listed_pseudonyms if layout.pseudonymous else derived.listed
-        if customer in listed:
-            return customer
-        if derived.top is not None:
-            return derived.top.label(customer)
-        return attributes.OTHER_VALUE
 
     def shutdown(self) -> None:
         with guard("cohort metrics: durations"):

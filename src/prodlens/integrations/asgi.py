@@ -36,7 +36,7 @@ from opentelemetry.context import get_current as _otel_context
 from opentelemetry.sdk.trace import Span
 
 from prodlens import _runtime
-from prodlens._safety import internal_error
+from prodlens._safety import guard
 from prodlens._scope import ScopeToken, apply, close_scope, open_scope
 from prodlens.baggage import may_hold_prodlens, strip_current_context, strip_members
 from prodlens.identity import Identity, merge
@@ -236,18 +236,16 @@ def enter_request(scope: ASGIScope, *, with_late: bool) -> ScopeToken | None:
     """Open the request's prodlens scope with its early identity (and, with ``with_late``, the
     ``user`` an outer authentication middleware set). None when prodlens is off, the connection
     is not HTTP or websocket, or a scope is already open for it. Never raises."""
-    try:
+    with guard("ASGI request start"):
         if scope.get("type") not in _HTTP_TYPES or scope.get(SCOPE_KEY):
             return None
-    except Exception as error:
-        internal_error("ASGI request start", error)
-        return None
-    return _enter(scope, with_late)
+        return _enter(scope, with_late)
+    return None
 
 
 def _enter(scope: ASGIScope, with_late: bool) -> ScopeToken | None:
     """:func:`enter_request` for an HTTP or websocket scope with no prodlens scope open."""
-    try:
+    with guard("ASGI request start"):
         runtime = _runtime.current()
         if not runtime.on:
             return None
@@ -285,31 +283,27 @@ def _enter(scope: ASGIScope, with_late: bool) -> ScopeToken | None:
                 apply(identity)
                 return token
         return open_scope(identity)
-    except Exception as error:
-        internal_error("ASGI request start", error)
-        return None
+    return None
 
 
 def exit_request(scope: ASGIScope, token: ScopeToken | None) -> None:
     """Close a scope opened by :func:`enter_request`. Never raises."""
     if token is None:
         return
-    try:
+    with guard("ASGI request end"):
         close_scope(token)
         scope.pop(SCOPE_KEY, None)
         scope.pop(LATE_KEY, None)
         stripped = scope.pop(_CONTEXT_KEY, None)
         if stripped is not None:
             _otel_detach(stripped)
-    except Exception as error:
-        internal_error("ASGI request end", error)
 
 
 def apply_late(scope: ASGIScope) -> None:
     """Resolve ``path:PARAM`` (``scope["path_params"]``) and ``user`` / ``user:ATTR``
     (``scope["user"]``) once the request is routed, and tag the open server span; once per
     request. Never raises."""
-    try:
+    with guard("ASGI late sources"):
         runtime = _runtime.current()
         # Without user/path sources there is nothing to do: one identity check per call.
         if not runtime.on or not source_plan(runtime.settings).late:
@@ -320,8 +314,6 @@ def apply_late(scope: ASGIScope) -> None:
         identity = resolve_late(ASGIScopeView(scope), runtime.settings)
         if identity is not None:
             apply(identity)
-    except Exception as error:
-        internal_error("ASGI late sources", error)
 
 
 async def run_in_scope(app: Any, scope: ASGIScope, receive: Any, send: Any, *,

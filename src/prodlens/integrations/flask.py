@@ -24,7 +24,7 @@ from types import ModuleType
 from typing import Any, Final
 
 from prodlens import _runtime
-from prodlens._safety import internal_error
+from prodlens._safety import guard
 from prodlens._scope import apply
 from prodlens.integrations import _patching
 from prodlens.integrations._plan import late_sources_configured, source_plan
@@ -95,7 +95,7 @@ def _flask_call(original: Any) -> Any:
 
 
 def _dispatch(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    try:
+    with guard("Flask late sources"):
         runtime = _runtime.current()
         # Without user/path sources there is nothing to do here: one identity check.
         if runtime.on and source_plan(runtime.settings).late:
@@ -106,8 +106,6 @@ def _dispatch(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[s
                                     runtime.settings)
             if identity is not None:
                 apply(identity)
-    except Exception as error:
-        internal_error("Flask late sources", error)
     return wrapped(*args, **kwargs)
 
 

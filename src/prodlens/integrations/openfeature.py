@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from prodlens import _runtime
 from prodlens._grammar import valid_cohort_name
-from prodlens._safety import internal_error, log_once
+from prodlens._safety import guard, log_once
 from prodlens._scope import SCOPE, apply, tag_open_spans
 from prodlens.identity import build, normalize_cohorts
 from prodlens.integrations import _patching
@@ -109,7 +109,7 @@ def _served(details: FlagEvaluationDetails[Any]) -> object | None:
 
 def record(flag_key: str, served: object) -> None:
     """Record ``served`` as the cohort of flag ``flag_key``. Never raises."""
-    try:
+    with guard("OpenFeature hook"):
         runtime = _runtime.current()
         if not runtime.on or served is None or not isinstance(flag_key, str):
             return
@@ -129,8 +129,6 @@ def record(flag_key: str, served: object) -> None:
             apply(update)  # joins the request's identity: later spans carry it too
             return
         tag_open_spans(update, None)  # outside any scope: the open spans only
-    except Exception as error:
-        internal_error("OpenFeature hook", error)
 
 
 class ProdlensHook(Hook):
@@ -154,10 +152,8 @@ class ProdlensHook(Hook):
         details: FlagEvaluationDetails[FlagValueType],
         hints: HookHints,
     ) -> None:
-        try:
+        with guard("OpenFeature hook"):  # never into the evaluation
             record(hook_context.flag_key, _served(details))
-        except Exception as error:  # never into the evaluation
-            internal_error("OpenFeature hook", error)
 
 
 _lock = threading.Lock()

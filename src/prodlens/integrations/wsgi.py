@@ -29,7 +29,7 @@ from opentelemetry.context import detach as _otel_detach
 from opentelemetry.context import get_current as _otel_context
 
 from prodlens import _runtime
-from prodlens._safety import internal_error
+from prodlens._safety import guard
 from prodlens._scope import ScopeToken, close_scope, open_scope
 from prodlens.baggage import may_hold_prodlens, strip_current_context, strip_members
 from prodlens.identity import merge
@@ -125,7 +125,7 @@ def enter_request(
     """Open the request's scope with its early identity; None when prodlens is off or a scope is
     already open for this environ. Strips prodlens members from inbound baggage once read.
     Never raises."""
-    try:
+    with guard("WSGI request start"):
         runtime = _runtime.current()
         if not runtime.on or ENVIRON_KEY in environ:
             return None
@@ -154,23 +154,19 @@ def enter_request(
                 environ[_CONTEXT_KEY] = stripped
         environ[ENVIRON_KEY] = True
         return open_scope(identity)
-    except Exception as error:
-        internal_error("WSGI request start", error)
-        return None
+    return None
 
 
 def exit_request(environ: Environ, token: ScopeToken | None) -> None:
     """Close a scope opened by :func:`enter_request`. Never raises."""
     if token is None:
         return
-    try:
+    with guard("WSGI request end"):
         close_scope(token)
         environ.pop(ENVIRON_KEY, None)
         stripped = environ.pop(_CONTEXT_KEY, None)
         if stripped is not None:
             _otel_detach(stripped)
-    except Exception as error:
-        internal_error("WSGI request end", error)
 
 
 class ProdlensMiddleware:

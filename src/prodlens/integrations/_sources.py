@@ -102,7 +102,7 @@ def _first(
     """
     for source in sources:
         kind = source.kind
-        if kind == "header":  # the common case, inlined: this runs for every request
+        if kind == "header":  # the common case first: read directly, without _Reader.raw
             header = reader.view.header(source.name)
             if header:
                 return header, header[:limit], source

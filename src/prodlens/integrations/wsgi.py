@@ -54,19 +54,6 @@ ENVIRON_KEY: Final = "prodlens.scope"
 #: The token of a context attached without a client's prodlens baggage, detached at the end.
 _CONTEXT_KEY: Final = "prodlens.context"
 
-#: Header name -> environ key, computed once per name (names come from the settings: bounded).
-_ENVIRON_KEYS: dict[str, str] = {}
-
-
-def _environ_key(name: str) -> str:
-    key = _ENVIRON_KEYS.get(name)
-    if key is None:
-        key = environ_key(name)
-        if len(_ENVIRON_KEYS) < 1024:
-            _ENVIRON_KEYS[name] = key
-    return key
-
-
 def _wsgi_text(value: object) -> str | None:
     """A WSGI header value (latin-1 "bytes as str" per PEP 3333) read as UTF-8 where possible."""
     if not isinstance(value, str):
@@ -94,7 +81,7 @@ class EnvironView:
         self.environ = environ
 
     def header(self, name: str) -> str | None:
-        value = self.environ.get(_ENVIRON_KEYS.get(name) or _environ_key(name))
+        value = self.environ.get(environ_key(name))
         if value.__class__ is str and value.isascii():  # the common case, without a call
             return value
         return _wsgi_text(value)

@@ -74,7 +74,7 @@ from prodlens.signals._layouts import (
     derive,
 )
 from prodlens.signals._series import Point, Series, SeriesTable
-from prodlens.signals.storms import RepeatTracker, StormTagger
+from prodlens.signals.storms import RepeatTracker, StormTagger, is_request_root
 
 __all__ = ["DURATION_BUCKETS", "CohortMetricsProcessor"]
 
@@ -233,12 +233,7 @@ class CohortMetricsProcessor(SpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         try:  # per span: see ProdlensSpanProcessor.on_start on guard
-            # storms.is_request_root, inlined; cheapest tests first: most spans are children.
-            parent = span.parent
-            if parent is not None and not parent.is_remote:
-                return
-            kind = span.kind
-            if kind is not SpanKind.SERVER and kind is not SpanKind.CONSUMER:
+            if not is_request_root(span):  # most spans are children: the cheapest test first
                 return
             runtime = _runtime.current()
             if not runtime.on:

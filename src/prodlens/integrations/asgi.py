@@ -207,15 +207,14 @@ def _early_key(scope: ASGIScope, names: dict[bytes, int], count: int,
     values: list[object] = [None] * count
     headers = scope.get("headers")
     if count and headers:
-        get = names.get
         missing = count
         try:
             for name, value in headers:
-                index = get(name)
+                index = names.get(name)
                 if index is None:
                     if name.islower():  # ASGI names are lower-case; tolerate others
                         continue
-                    index = get(name.lower())
+                    index = names.get(name.lower())
                     if index is None:
                         continue
                 if value.__class__ is not bytes:

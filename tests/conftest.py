@@ -10,12 +10,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Tracer
 
 import prodlens
+
+# Hypothesis profiles: the default run keeps hypothesis's modest example count (100); the fuzz
+# targets (tests/fuzz) run for long with
+# ``pytest tests/fuzz --hypothesis-profile=long --timeout=0`` (~20 minutes on 2 CPUs).
+hypothesis_settings.register_profile(
+    "long", max_examples=10_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 #: prodlens's own pytest fixture (``prodlens_traced``), as users enable it (docs/testing.md).
 pytest_plugins = ["prodlens.testing"]

@@ -134,14 +134,15 @@ def parse_header(header: str | Iterable[str] | None) -> dict[str, str]:
 def merge_header(existing: str | None, identity: Identity) -> str:
     """An outgoing ``baggage`` header: ``existing`` members with prodlens's replaced.
 
-    Existing non-prodlens members come first and are kept as they are; prodlens members are
-    added while they fit within 64 members and 8192 bytes.
+    Existing non-prodlens members come first and are kept as they are (but for members that
+    are not ASCII, which W3C baggage never holds); prodlens members are added while they fit
+    within 64 members and 8192 bytes.
     """
     kept: list[str] = []
     if existing:
         for raw in existing[:_MAX_INBOUND_CHARS].split(","):
             member = raw.strip()
-            if member and not is_prodlens_key(member.split("=", 1)[0]):
+            if member and member.isascii() and not is_prodlens_key(member.split("=", 1)[0]):
                 kept.append(member)
     size = len(",".join(kept).encode("utf-8"))
     for key, value in identity_members(identity):

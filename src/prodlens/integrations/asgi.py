@@ -282,6 +282,9 @@ def _enter(scope: ASGIScope, with_late: bool) -> ScopeToken | None:
                 apply(identity)
                 return token
         return open_scope(identity)
+    # Reached only when the block above failed: no exit_request will run for it, detach now.
+    if _CONTEXT_KEY in scope:
+        _detach_stripped(scope)
     return None
 
 
@@ -293,9 +296,14 @@ def exit_request(scope: ASGIScope, token: ScopeToken | None) -> None:
         close_scope(token)
         scope.pop(SCOPE_KEY, None)
         scope.pop(LATE_KEY, None)
-        stripped = scope.pop(_CONTEXT_KEY, None)
-        if stripped is not None:
-            _otel_detach(stripped)
+        if _CONTEXT_KEY in scope:
+            _detach_stripped(scope)
+
+
+def _detach_stripped(scope: ASGIScope) -> None:
+    """Detach the context attached without a client's prodlens baggage. Never raises."""
+    with guard("ASGI request end"):
+        _otel_detach(scope.pop(_CONTEXT_KEY))
 
 
 def apply_late(scope: ASGIScope) -> None:

@@ -13,8 +13,10 @@ For a matching destination the prodlens members (``prodlens.customer``,
 keeping every other member. They are added at the transport, below the OpenTelemetry client
 instrumentations (which rewrite ``baggage`` from the context): urllib3's
 ``HTTPConnection.request`` (so ``requests`` and ``urllib3``), httpcore's connection pools (so
-``httpx``, sync and async) and aiohttp's ``ClientRequest.send``. Every other destination gets no
-prodlens member, not even one this service received in inbound baggage::
+``httpx``, sync and async) and aiohttp's ``ClientRequest.send``. A ``prodlens.*`` member already
+in the header (sent by a client and carried by the context, or set by app code) is removed first,
+for every destination: a matching destination gets only this request's identity (nothing when
+the request has none), and every other destination gets no prodlens member at all::
 
     export PRODLENS_PROPAGATE_TO='*.internal,10.0.0.0/8,localhost'
 

@@ -141,6 +141,9 @@ def enter_request(
                 environ[_CONTEXT_KEY] = stripped
         environ[ENVIRON_KEY] = True
         return open_scope(identity)
+    # Reached only when the block above failed: no exit_request will run for it, detach now.
+    with guard("WSGI request start"):
+        _detach_stripped(environ)
     return None
 
 
@@ -151,9 +154,14 @@ def exit_request(environ: Environ, token: ScopeToken | None) -> None:
     with guard("WSGI request end"):
         close_scope(token)
         environ.pop(ENVIRON_KEY, None)
-        stripped = environ.pop(_CONTEXT_KEY, None)
-        if stripped is not None:
-            _otel_detach(stripped)
+        _detach_stripped(environ)
+
+
+def _detach_stripped(environ: Environ) -> None:
+    """Detach the context attached without a client's prodlens baggage, if any."""
+    stripped = environ.pop(_CONTEXT_KEY, None)
+    if stripped is not None:
+        _otel_detach(stripped)
 
 
 class ProdlensMiddleware:

@@ -25,6 +25,9 @@ import prodlens
 hypothesis_settings.register_profile(
     "long", max_examples=10_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
+#: prodlens's own pytest fixture (``prodlens_traced``), as users enable it (docs/testing.md).
+pytest_plugins = ["prodlens.testing"]
+
 
 @dataclass
 class Traced:
@@ -49,9 +52,12 @@ def make_traced(**settings: object) -> Traced:
 
 @pytest.fixture(autouse=True)
 def _fresh_identity_context() -> Iterator[None]:
-    """Each test starts with no identity, whatever an earlier test did outside any scope."""
-    from prodlens.identity import SCOPE
+    """Each test starts with no identity, whatever an earlier test did outside any scope, and
+    with prodlens's log-once memory empty, so a test expecting a warning sees it in any order."""
+    from prodlens._safety import reset_log_once
+    from prodlens._scope import SCOPE
 
+    reset_log_once()
     token = SCOPE.set(None)
     yield
     SCOPE.reset(token)

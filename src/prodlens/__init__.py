@@ -20,9 +20,10 @@ Integrations live in ``prodlens.integrations.<framework>`` and are imported from
 """
 
 from prodlens._configure import configure
+from prodlens._scope import current, identify
 from prodlens.config import ConfigError, Settings
 from prodlens.decorators import arg, tag
-from prodlens.identity import Identity, current, identify
+from prodlens.identity import Identity
 from prodlens.processor import ProdlensSpanProcessor
 from prodlens.pseudonym import pseudonym
 

@@ -1,12 +1,17 @@
 """``prodlens.configure()``: settings from the environment, overridden by typed arguments, and
-the prodlens span processor attached once per SDK tracer provider."""
+prodlens's span processors attached once per SDK tracer provider.
+
+:func:`attach` builds every processor explicitly: the tagging processor, then (while
+``PRODLENS_METRICS`` is on) the cohort-metrics processor, imported only then, so that importing
+``prodlens`` never loads ``prodlens.signals``.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
@@ -16,20 +21,10 @@ from prodlens._safety import log_once
 from prodlens.config import Settings, load_settings
 from prodlens.processor import ProdlensSpanProcessor
 
-__all__ = ["attach", "configure", "register_processor_factory"]
+__all__ = ["attach", "configure"]
 
 _configured: weakref.WeakSet[TracerProvider] = weakref.WeakSet()
 _lock = threading.Lock()
-
-#: Further processors attached with the tagging processor (metrics, storms), in order.
-ProcessorFactory = Callable[[Settings, TracerProvider], "SpanProcessor | None"]
-_factories: list[ProcessorFactory] = []
-
-
-def register_processor_factory(factory: ProcessorFactory) -> None:
-    """Attach ``factory(settings, provider)``'s processor to every provider prodlens configures."""
-    if factory not in _factories:
-        _factories.append(factory)
 
 
 NO_SDK_MESSAGE = (
@@ -46,18 +41,26 @@ def attach(provider: object, settings: Settings) -> bool:
     if not isinstance(provider, TracerProvider):
         log_once("no-sdk-provider", logging.WARNING, NO_SDK_MESSAGE)
         return False
-    import prodlens.signals  # noqa: F401  (registers the cohort metrics/storm processor factory)
-
     with _lock:
         if provider in _configured:
             return True
-        provider.add_span_processor(ProdlensSpanProcessor())
-        for factory in _factories:
-            processor = factory(settings, provider)
-            if processor is not None:
-                provider.add_span_processor(processor)
+        for processor in _processors(settings):
+            provider.add_span_processor(processor)
         _configured.add(provider)
+    _runtime.note_attached()
     return True
+
+
+def _processors(settings: Settings) -> list[SpanProcessor]:
+    """The processors a provider gets under ``settings``, in order."""
+    processors: list[SpanProcessor] = [ProdlensSpanProcessor()]
+    if settings.metrics:
+        # Imported only when wanted: the signals code (and its metrics SDK imports) stays out
+        # of applications that turn metrics off, and out of ``import prodlens``.
+        from prodlens.signals.metrics import CohortMetricsProcessor
+
+        processors.append(CohortMetricsProcessor(duration=settings.metrics_duration))
+    return processors
 
 
 def configure(
@@ -76,6 +79,8 @@ def configure(
     cohort_sources: Mapping[str, str] | None = None,
     propagate_to: Sequence[str] | None = None,
     celery_propagate: bool | None = None,
+    disabled_integrations: Sequence[str] | None = None,
+    direct_stamp: bool | None = None,
     metrics: bool | None = None,
     metrics_duration: bool | None = None,
     metrics_customers: Sequence[str] | None = None,
@@ -132,6 +137,8 @@ def configure(
         "cohort_sources": cohort_sources,
         "propagate_to": propagate_to,
         "celery_propagate": celery_propagate,
+        "disabled_integrations": disabled_integrations,
+        "direct_stamp": direct_stamp,
         "metrics": metrics,
         "metrics_duration": metrics_duration,
         "metrics_customers": metrics_customers,

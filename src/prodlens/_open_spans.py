@@ -17,13 +17,17 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
-from typing import Final, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final, Protocol
 
-from opentelemetry.sdk.trace import Span
+from opentelemetry.sdk.trace import ReadableSpan, Span
 from opentelemetry.trace import INVALID_SPAN_ID
 
 from prodlens._safety import log_once
+from prodlens._stamp import stamp
+
+if TYPE_CHECKING:
+    from prodlens.identity import Identity
 
 #: Walking up stops after this many ancestors (guards against cycles and absurd depths).
 MAX_DEPTH: Final = 256
@@ -32,7 +36,7 @@ COMPACT_AT: Final = 64
 
 
 class SpanScope(Protocol):
-    """What the walk needs of a ``prodlens.identity.Scope``."""
+    """What the walk needs of a ``prodlens._scope.Scope``."""
 
     @property
     def spans(self) -> list[Span]: ...
@@ -89,12 +93,24 @@ class OpenSpans:
     """Open spans by span id; bounded, thread-safe for CPython's atomic dict operations."""
 
     def __init__(self) -> None:
-        #: span id -> open span. The processor adds and removes entries directly (hot path).
+        #: span id -> open span.
         self.table: dict[int, Span] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.table)
+
+    def add(self, span: Span, limit: int) -> None:
+        """Remember ``span`` (started outside every scope) until it ends; at most ``limit``."""
+        table = self.table
+        table[span.context.span_id] = span
+        if len(table) > limit:
+            self.evict(limit)
+
+    def remove(self, span: ReadableSpan) -> None:
+        """Forget ``span`` (it ended); nothing to do for spans started in a scope."""
+        if self.table:  # empty whenever every span starts inside a scope: skip the hashing
+            self.table.pop(span.context.span_id, None)
 
     def evict(self, limit: int) -> None:
         """Forget the oldest spans once more than ``limit`` are open."""
@@ -115,13 +131,11 @@ OPEN_SPANS: Final = OpenSpans()
 
 def tag_open_ancestors(
     start: Span,
-    stamp: Mapping[str, str],
-    customer_attribute: str,
-    customer: str | None,
+    identity: Identity,
     boundary: int | None,
     scope: SpanScope | None = None,
 ) -> None:
-    """Set ``stamp`` on ``start`` and on each of its still-open ancestors in this process.
+    """Stamp ``identity`` on ``start`` and on each of its still-open ancestors in this process.
 
     Stops at the local root (a parent that is remote or unknown), at ``boundary`` (the span
     that was current when a ``tag()`` scope opened: identity set inside that scope never reaches
@@ -130,6 +144,9 @@ def tag_open_ancestors(
     are looked up in the process-wide table and in ``scope``'s spans (the current scope).
     """
     find = open_span_finder(scope)
+    customer = identity.customer
+    customer_attribute = identity.customer_attribute
+    attributes, longest = identity.attributes, identity.longest
     span: Span | None = start
     depth = 0
     trace_id = start.context.trace_id
@@ -143,7 +160,7 @@ def tag_open_ancestors(
             existing = span.attributes.get(customer_attribute)
             if existing is not None and existing != customer:
                 return  # this ancestor, and those above it, belong to another customer's scope
-        span.set_attributes(stamp)
+        stamp(span, attributes, longest)
         parent = span.parent
         if parent is None or parent.is_remote or parent.span_id == INVALID_SPAN_ID:
             return

@@ -2,8 +2,8 @@
 
 Settings are process-wide because identity is normalised where the application calls
 ``identify()``, which knows nothing of tracer providers; span processors are per provider and
-read the runtime on every span, so ``configure()`` or the instrumentor's ``_uninstrument`` take
-effect at once. This holds no per-request state.
+read the runtime on every span (through :func:`current`, the one accessor), so ``configure()``
+or the instrumentor's ``_uninstrument`` take effect at once. This holds no per-request state.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from prodlens import attributes
-from prodlens._safety import log_once
+from prodlens import _stamp, attributes
+from prodlens._safety import guard, log_once
 from prodlens.config import Settings
 
 
@@ -70,7 +70,9 @@ class Runtime:
     limiter: CohortLimiter
     #: False after the instrumentor's ``_uninstrument``: processors become inert.
     active: bool = True
+    #: Incremented by every :func:`install`: identities cached under older settings are stale.
     generation: int = 0
+    #: True once ``configure()`` or the instrumentor installed settings (not the defaults).
     configured: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     #: ``active and settings.enabled``, precomputed for the per-span check.
@@ -81,10 +83,6 @@ class Runtime:
     def __post_init__(self) -> None:
         self.on = self.active and self.settings.enabled
         self.max_open_spans = self.settings.max_open_spans
-
-    @property
-    def enabled(self) -> bool:
-        return self.on
 
 
 def _make(settings: Settings, generation: int, configured: bool) -> Runtime:
@@ -124,13 +122,40 @@ def install(settings: Settings) -> Runtime:
     runtime = _make(settings, _current.generation + 1, configured=True)
     _current = runtime
     for callback in tuple(_listeners):
-        try:
+        with guard("applying new settings"):
             callback(runtime)
-        except Exception as error:
-            from prodlens._safety import internal_error
-
-            internal_error("applying new settings", error)
+    _stamp.use_direct(settings.direct_stamp)
     return runtime
+
+
+#: Set once prodlens's processor is attached to some SDK tracer provider.
+_attached = False
+
+
+def note_attached() -> None:
+    """Record that a tracer provider now has prodlens's processor (:func:`warn_if_unattached`)."""
+    global _attached
+    _attached = True
+
+
+def warn_if_unattached(what: str) -> None:
+    """Warn once when ``what`` (``identify()``, ``tag()``) is used while no tracer provider has
+    prodlens's processor: the identity is kept, but no span will carry it."""
+    if not _attached:
+        log_once(
+            "unattached", logging.WARNING,
+            "prodlens: %s was called, but prodlens is attached to no tracer provider, so no "
+            "span will carry the identity. Call prodlens.configure(provider) with your SDK "
+            "TracerProvider, or run under `opentelemetry-instrument`.", what,
+        )
+
+
+def reset() -> None:
+    """Back to the defaults, unconfigured and unattached (see :func:`prodlens.testing.reset`)."""
+    global _current, _attached
+    _current = _make(Settings(), 0, configured=False)
+    _attached = False
+    _stamp.use_direct(True)
 
 
 def set_active(active: bool) -> None:

@@ -1,4 +1,8 @@
-"""Writing prodlens's attributes onto an open SDK span, at the cost of one dict update.
+"""The one writer of identity onto spans, at the cost of one dict update.
+
+The processor's stamp at span start, late tagging of still-open ancestors (``identify()``, the
+integrations' late sources) and OpenFeature flag variants all write through :func:`stamp` /
+:func:`stamp_starting`; nothing else in prodlens writes span attributes.
 
 ``Span.set_attributes`` validates and copies every value on every call (about 0.7 us per
 attribute: ``isinstance`` chains, a per-key lock round trip), and prodlens calls it on every
@@ -16,7 +20,8 @@ fails and every stamp goes through ``set_attributes``. The direct write is also 
 span, whenever ``set_attributes`` would do more than store the values: a span attribute-count
 limit that would evict, a value-length limit that would truncate, or a span that has ended (the
 SDK logs a warning and writes nothing). A key already set is rewritten the SDK's way (moved
-after the others, in the order written).
+after the others, in the order written). ``PRODLENS_DIRECT_STAMP=false`` turns the direct write
+off (:func:`use_direct`); when the probe turns it off, that is logged at INFO.
 """
 
 from __future__ import annotations
@@ -30,13 +35,22 @@ from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import ReadableSpan, Span
 from opentelemetry.util.types import AttributeValue
 
-__all__ = ["attribute_dict", "fast_path_works", "stamp", "stamp_starting"]
+__all__ = ["attribute_dict", "fast_path_works", "stamp", "stamp_starting", "use_direct"]
 
 _logger: Final = logging.getLogger("prodlens")
 _BOUNDED: Final = BoundedAttributes
 _EMPTY: Final[Mapping[str, AttributeValue]] = MappingProxyType({})
-#: None until the first stamp checks the SDK; then whether the direct write is in use.
+#: Whether the direct write is in use: None until the first stamp runs the probe.
 _fast: bool | None = None
+#: The probe's verdict on the installed SDK, once run.
+_probed: bool | None = None
+
+
+def use_direct(enabled: bool) -> None:
+    """Allow the direct write (still subject to the probe) or forbid it
+    (``PRODLENS_DIRECT_STAMP``)."""
+    global _fast
+    _fast = _probed if enabled else False
 
 
 def stamp(span: Span, attributes: Mapping[str, AttributeValue], longest: int) -> None:
@@ -67,8 +81,8 @@ def stamp_starting(span: Span, attributes: Mapping[str, AttributeValue], longest
 
 
 def attribute_dict(span: ReadableSpan) -> Mapping[str, AttributeValue]:
-    """The span's attributes for reading: the SDK's own dict when the direct path is in use
-    (a C-level ``get`` and iteration), else the public read-only view. Never mutate it.
+    """The span's attributes, read-only: a view of the SDK's own dict when the direct path is
+    in use (no copy), else the public read-only mapping.
 
     Reading it without the span's lock is as safe as reading any dict another thread may
     write to: each look-up sees the value before or after a write, never a torn one.
@@ -76,7 +90,7 @@ def attribute_dict(span: ReadableSpan) -> Mapping[str, AttributeValue]:
     if _fast or (_fast is None and _decide()):
         bounded: Any = span._attributes
         if bounded.__class__ is _BOUNDED:
-            return bounded._dict
+            return MappingProxyType(bounded._dict)
     return span.attributes or _EMPTY
 
 
@@ -165,10 +179,10 @@ def fast_path_works() -> bool:
 
 
 def _decide() -> bool:
-    global _fast
+    global _fast, _probed
     works = fast_path_works()
-    _fast = works
+    _fast = _probed = works
     if not works:
-        _logger.debug("prodlens: this SDK's span attributes are not the expected "
-                      "BoundedAttributes; stamping through Span.set_attributes")
+        _logger.info("prodlens: this SDK's span attributes are not the expected "
+                     "BoundedAttributes; stamping through Span.set_attributes")
     return works

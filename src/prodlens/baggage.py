@@ -22,8 +22,10 @@ from opentelemetry import baggage as otel_baggage
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 
-from prodlens import attributes
+from prodlens import _runtime, attributes
+from prodlens._runtime import CohortLimiter
 from prodlens._safety import log_once
+from prodlens.config import Settings
 from prodlens.identity import Identity, build, normalize_cohorts, normalize_customer
 
 __all__ = [
@@ -156,33 +158,41 @@ def merge_header(existing: str | None, identity: Identity) -> str:
     return ",".join(kept)
 
 
-def identity_from_members(members: Mapping[str, str], key: str = "") -> Identity | None:
+def identity_from_members(members: Mapping[str, str], key: str = "", *,
+                          settings: Settings | None = None,
+                          limiter: CohortLimiter | None = None) -> Identity | None:
     """The identity carried in baggage members.
 
     Args:
         members: decoded baggage members (from :func:`parse_header` or OpenTelemetry's context).
         key: with ``baggage:KEY`` sources, the single member to read as the customer; empty for
             the prodlens keys (customer and every ``prodlens.cohort.*``).
+        settings: the settings to normalise with (default: those in force).
+        limiter: the cohort-cardinality limiter (default: the process's).
     """
+    runtime = _runtime.current()
+    settings = settings if settings is not None else runtime.settings
+    limiter = limiter if limiter is not None else runtime.limiter
     if key:
         value = members.get(key)
         if value is None:
             return None
-        customer, pseudo = normalize_customer(value)
-        return build(customer, {}, pseudo) if customer is not None else None
+        customer, pseudo = normalize_customer(value, settings)
+        return build(customer, {}, pseudo, settings) if customer is not None else None
     pseudo_value = members.get(attributes.BAGGAGE_PSEUDO_CUSTOMER_KEY)
     if pseudo_value is not None:
-        customer, pseudo = normalize_customer(pseudo_value, already_pseudonymous=True)
+        customer, pseudo = normalize_customer(pseudo_value, settings, already_pseudonymous=True)
     else:
-        customer, pseudo = normalize_customer(members.get(attributes.BAGGAGE_CUSTOMER_KEY))
+        customer, pseudo = normalize_customer(members.get(attributes.BAGGAGE_CUSTOMER_KEY),
+                                              settings)
     prefix = attributes.BAGGAGE_COHORT_PREFIX
     cohorts = normalize_cohorts(
         ((k[len(prefix):], v) for k, v in members.items() if k.startswith(prefix)),
-        where="inbound baggage",
+        settings, limiter, where="inbound baggage",
     )
     if customer is None and not cohorts:
         return None
-    return build(customer, cohorts, pseudo)
+    return build(customer, cohorts, pseudo, settings)
 
 
 def strip_identity(context: Context | None = None) -> Context:

@@ -16,8 +16,9 @@ def _add_config_command(subparsers: argparse._SubParsersAction[argparse.Argument
     parser = subparsers.add_parser(
         "config",
         help="print the effective configuration read from the environment",
-        description="Print every PRODLENS_* setting, its value and where it came from. Exits 2 "
-        "with the error when the configuration is invalid.",
+        description="Print every PRODLENS_* setting, its value and where it came from, the "
+        "frameworks and instrumentations found and what each source can read here. Exits 2 "
+        "listing every problem (invalid values, unknown PRODLENS_* variables) when there are any.",
     )
     parser.add_argument("--markdown", action="store_true",
                         help="print the reference table of every variable (for the docs)")
@@ -25,22 +26,29 @@ def _add_config_command(subparsers: argparse._SubParsersAction[argparse.Argument
 
 
 def _run_config(args: argparse.Namespace) -> int:
-    from prodlens.config import ConfigError, load_settings, reference_markdown
+    from prodlens._environment import describe_environment
+    from prodlens.config import read_environment, reference_markdown
 
     if args.markdown:
         print(reference_markdown(), end="")
         return 0
-    try:
-        settings = load_settings()
-    except ConfigError as error:
-        print(f"prodlens: invalid configuration: {error}", file=sys.stderr)
-        return 2
+    # Read as zero-code set-up reads it: every problem at once, each bad setting at its default.
+    settings, problems = read_environment()
     rows = settings.describe()
     width = max(len(env) for env, _, _ in rows)
     value_width = min(40, max(len(value) for _, value, _ in rows))
     for env, value, origin in rows:
         print(f"{env:<{width}}  {value:<{value_width}}  {origin}")
-    return 0
+    print()
+    for line in describe_environment(settings):
+        print(line)
+    if not problems:
+        return 0
+    print(f"prodlens: invalid configuration ({len(problems)} problems):" if len(problems) > 1
+          else "prodlens: invalid configuration:", file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+    return 2
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,36 +4,39 @@ As a decorator, values may be literals, callables that receive the call's argume
 ``prodlens.arg("order.customer.id")`` paths into the bound arguments. The decorator chooses
 sync, coroutine, generator or async-generator handling once, when it is applied, and binds
 arguments with a signature computed once (wrapt keeps the signature and ``inspect`` intact).
+
+A ``tag`` instance holds no per-use state: the scope it opens (and the token that closes it)
+lives in the current context, so one instance, say a module-level ``BATCH = prodlens.tag(...)``,
+is safe to share across threads and asyncio tasks.
 """
 
 from __future__ import annotations
 
-import contextvars
 import inspect
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from types import TracebackType
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, ParamSpec, TypeVar, cast, overload
 
 import wrapt
 
 from prodlens import _runtime
-from prodlens._safety import internal_error
-from prodlens.identity import (
+from prodlens._grammar import COHORT_NAME_GRAMMAR, valid_cohort_name
+from prodlens._safety import guard, internal_error
+from prodlens._scope import (
     SCOPE,
-    Identity,
-    Scope,
-    build,
+    ScopeToken,
+    close_owned,
     close_scope,
-    merge,
-    normalize_cohorts,
-    normalize_customer,
     open_scope,
-    valid_cohort_name,
+    resume_scope,
 )
+from prodlens.identity import Identity, build, merge, normalize_cohorts, normalize_customer
 
 __all__ = ["arg", "tag"]
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
+M = TypeVar("M", bound="classmethod[Any, Any, Any] | staticmethod[Any, Any]")
 _MISSING: Final = object()
 
 
@@ -143,31 +146,33 @@ class tag:
         for name in cohorts:
             if not valid_cohort_name(name):
                 raise ValueError(
-                    f"prodlens.tag(): invalid cohort name {name!r}: use lowercase letters, "
-                    "digits, '_' and '.', at most 64 characters (e.g. 'plan', 'app.version')"
+                    f"prodlens.tag(): invalid cohort name {name!r}: expected "
+                    + COHORT_NAME_GRAMMAR
                 )
         self._customer = _compile(customer)
         self._cohorts = {name: _compile(value) for name, value in cohorts.items()}
         self._dynamic = isinstance(self._customer, _Dynamic) or any(
             isinstance(v, _Dynamic) for v in self._cohorts.values()
         )
+        #: The identity of a tag without dynamic values, with the settings generation it was
+        #: built under (an immutable value: sharing it between threads is safe).
         self._static: tuple[int, Identity] | None = None
-        #: One per open ``with`` (None where prodlens could not open a scope).
-        self._tokens: list[contextvars.Token[Scope | None] | None] = []
 
     # -- identity -------------------------------------------------------------------------
-    def _identity(self, arguments: Mapping[str, Any] | None) -> Identity:
+    def _identity(self, arguments: Mapping[str, Any] | None,
+                  runtime: _runtime.Runtime) -> Identity:
         if not self._dynamic:
-            generation = _runtime.current().generation
             static = self._static
-            if static is not None and static[0] == generation:
+            if static is not None and static[0] == runtime.generation:
                 return static[1]
+        settings = runtime.settings
         customer = self._value(self._customer, arguments, "customer")
         cohorts = [(n, self._value(v, arguments, n)) for n, v in self._cohorts.items()]
-        name, pseudo = normalize_customer(customer)
-        identity = build(name, normalize_cohorts(cohorts, where="prodlens.tag()"), pseudo)
+        name, pseudo = normalize_customer(customer, settings)
+        identity = build(name, normalize_cohorts(cohorts, settings, runtime.limiter,
+                                                 where="prodlens.tag()"), pseudo, settings)
         if not self._dynamic:
-            self._static = (_runtime.current().generation, identity)
+            self._static = (runtime.generation, identity)
         return identity
 
     @staticmethod
@@ -182,29 +187,28 @@ class tag:
             internal_error(f"prodlens.tag() extraction of {what}", error)
             return None
 
-    def _open(self, arguments: Mapping[str, Any] | None) -> contextvars.Token[Scope | None] | None:
-        try:
+    def _open(self, arguments: Mapping[str, Any] | None) -> ScopeToken | None:
+        """Open this tag's scope in the current context; None if prodlens failed (logged)."""
+        with guard("prodlens.tag()"):
+            runtime = _runtime.current()
+            _runtime.warn_if_unattached("prodlens.tag()")
             outer = SCOPE.get()
             identity = merge(outer.identity if outer is not None else None,
-                             self._identity(arguments))
-            return open_scope(identity, isolate_ancestors=True)
-        except Exception as error:
-            internal_error("prodlens.tag()", error)
-            return None
+                             self._identity(arguments, runtime), runtime.settings)
+            return open_scope(identity, isolate_ancestors=True, owner=self)
+        return None
 
     @staticmethod
-    def _close(token: contextvars.Token[Scope | None] | None) -> None:
+    def _close(token: ScopeToken | None) -> None:
         if token is not None:
-            try:
-                close_scope(token)
-            except Exception as error:
-                internal_error("prodlens.tag() exit", error)
+            close_scope(token)  # never raises
 
     # -- context manager ------------------------------------------------------------------
     def __enter__(self) -> Identity | None:
-        token = self._open(None)
-        self._tokens.append(token)
-        return None if token is None else SCOPE.get().identity  # type: ignore[union-attr]
+        if self._open(None) is None:
+            return None
+        scope = SCOPE.get()
+        return None if scope is None else scope.identity
 
     def __exit__(
         self,
@@ -212,8 +216,8 @@ class tag:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._tokens:
-            self._close(self._tokens.pop())
+        # The token is in the scope this tag opened in *this* context, not on the instance.
+        close_owned(self)
 
     async def __aenter__(self) -> Identity | None:
         return self.__enter__()
@@ -227,7 +231,15 @@ class tag:
         self.__exit__(exc_type, exc, tb)
 
     # -- decorator ------------------------------------------------------------------------
-    def __call__(self, wrapped: F) -> F:
+    @overload
+    def __call__(self, wrapped: M) -> M: ...  # type: ignore[overload-overlap]
+
+    @overload
+    def __call__(self, wrapped: Callable[P, R]) -> Callable[P, R]: ...
+
+    def __call__(self, wrapped: Any) -> Any:
+        """Decorate a function, method, classmethod, staticmethod, coroutine function,
+        generator or async generator function; its signature is kept."""
         func = wrapped.__func__ if isinstance(wrapped, (classmethod, staticmethod)) else wrapped
         kind = (
             "static" if isinstance(wrapped, staticmethod)
@@ -254,43 +266,40 @@ class tag:
             except TypeError:
                 return None  # the call itself is wrong; the function will raise as usual
 
-        open_ = self._open
-        close = self._close
-
         if inspect.isasyncgenfunction(func):
             @wrapt.decorator
             def async_gen_wrapper(w: Any, instance: Any, args: Any, kwargs: Any) -> Any:
                 return _drive_async_gen(w(*args, **kwargs), self, arguments(instance, args, kwargs))
 
-            return cast(F, async_gen_wrapper(wrapped))
+            return async_gen_wrapper(wrapped)
 
         if inspect.isgeneratorfunction(func):
             @wrapt.decorator
             def gen_wrapper(w: Any, instance: Any, args: Any, kwargs: Any) -> Any:
                 return _drive_gen(w(*args, **kwargs), self, arguments(instance, args, kwargs))
 
-            return cast(F, gen_wrapper(wrapped))
+            return gen_wrapper(wrapped)
 
         if inspect.iscoroutinefunction(func):
             @wrapt.decorator
             async def coro_wrapper(w: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-                token = open_(arguments(instance, args, kwargs))
+                token = self._open(arguments(instance, args, kwargs))
                 try:
                     return await w(*args, **kwargs)
                 finally:
-                    close(token)
+                    self._close(token)
 
-            return cast(F, coro_wrapper(wrapped))
+            return coro_wrapper(wrapped)
 
         @wrapt.decorator
         def wrapper(w: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-            token = open_(arguments(instance, args, kwargs))
+            token = self._open(arguments(instance, args, kwargs))
             try:
                 return w(*args, **kwargs)
             finally:
-                close(token)
+                self._close(token)
 
-        return cast(F, wrapper(wrapped))
+        return wrapper(wrapped)
 
 
 def _drive_gen(
@@ -302,7 +311,7 @@ def _drive_gen(
     owner._close(identity_token)
 
     def step(method: Callable[..., Any], *value: Any) -> Any:
-        token = SCOPE.set(scope) if scope is not None else None
+        token = resume_scope(scope) if scope is not None else None
         try:
             return method(*value)
         finally:
@@ -335,7 +344,7 @@ async def _drive_async_gen(
     owner._close(identity_token)
 
     async def step(method: Callable[..., Any], *value: Any) -> Any:
-        token = SCOPE.set(scope) if scope is not None else None
+        token = resume_scope(scope) if scope is not None else None
         try:
             return await method(*value)
         finally:

@@ -1,44 +1,56 @@
-"""The identity model: who a request is for, held per request in a context variable.
+"""The identity value: who a unit of work is for, and how one is built and merged.
 
-An :class:`Identity` is an immutable value: a customer id and a mapping of cohort name to value,
-normalised (validated names, bounded length and cardinality, pseudonymised when configured) and
-with its span attributes built once, so stamping a span costs one ``set_attributes`` call.
+An :class:`Identity` is immutable: a customer id, a read-only mapping of cohort name to value
+and the read-only attribute mapping stamped on spans, built once from them. Identities are
+shared across requests (the integrations cache them per customer), so nothing reachable from
+one can be changed. They are only built here, normalised (valid names, bounded length and
+cardinality, pseudonymised when configured), so an identity always agrees with its attributes.
 
-A *scope* holds the identity of one unit of work (a request, a ``tag()`` block, a task). It lives
-in a :class:`contextvars.ContextVar`, so threads, asyncio tasks and generators each see their own.
-``identify()`` inside a scope updates that scope, for as long as it lasts; outside any scope it
-opens one in the current context.
+Every function takes the settings (and the cardinality limiter) it applies explicitly: this
+module reads no global state. Where the identity of a request is *held* is the scope's business
+(:mod:`prodlens._scope`).
 """
 
 from __future__ import annotations
 
-import contextvars
 import logging
-import re
-import sys
-import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
-from opentelemetry import trace
-from opentelemetry.sdk.trace import Span
-
-from prodlens import _runtime, attributes
-from prodlens._open_spans import COMPACT_AT, compact_spans, tag_open_ancestors
+from prodlens import attributes
+from prodlens._grammar import COHORT_NAME_GRAMMAR, valid_cohort_name
 from prodlens._safety import internal_error, log_once
 from prodlens.pseudonym import compute_pseudonym
 
-__all__ = ["Identity", "current", "identify"]
+if TYPE_CHECKING:
+    from prodlens._runtime import CohortLimiter
+    from prodlens.config import Settings
 
-COHORT_NAME_RE: Final = re.compile(r"^[a-z0-9_][a-z0-9_.]{0,63}$")
-_EMPTY: Final[Mapping[str, str]] = MappingProxyType({})
+__all__ = ["Identity"]
 
 
-def valid_cohort_name(name: object) -> bool:
-    """Cohort names: lowercase letters, digits, ``_`` and ``.``; at most 64 characters."""
-    return isinstance(name, str) and COHORT_NAME_RE.match(name) is not None
+
+class ReadOnlyDict(dict[str, str]):
+    """A dict that refuses every change: the read-only mappings of an :class:`Identity`.
+
+    A dict subclass rather than a ``MappingProxyType``: the SDK's attribute dict merges it at
+    C speed (``dict.update`` of a proxy goes through the mapping protocol, which measured
+    ~0.3 us more per span with bench/bench_core.py), and every mutating method raises.
+    """
+
+    __slots__ = ()
+
+    def _refuse(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError("a prodlens identity is immutable: its mappings cannot be changed")
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return ReadOnlyDict, (dict(self),)
+
+
+_EMPTY: Final[Mapping[str, str]] = ReadOnlyDict()
 
 
 def to_text(value: object, max_length: int) -> str | None:
@@ -72,62 +84,110 @@ def to_text(value: object, max_length: int) -> str | None:
     return text if text else None
 
 
-@dataclass(frozen=True, slots=True)
 class Identity:
     """Who a unit of work is for: a customer and cohorts. Immutable.
 
-    Build one through :func:`identify`, ``prodlens.tag()`` or an integration; its values are
-    already normalised. ``attributes`` is the exact dict stamped on spans.
+    Identities come from :func:`prodlens.identify`, ``prodlens.tag()`` and the integrations,
+    already normalised; they cannot be constructed directly (an identity built by hand would
+    not agree with the attributes it stamps). ``attributes`` is the exact, read-only mapping
+    stamped on spans.
 
     Example::
 
         >>> import prodlens
         >>> with prodlens.tag("acme", plan="pro"):
-        ...     prodlens.current().customer, dict(prodlens.current().cohorts)
+        ...     identity = prodlens.current()
+        >>> identity.customer, dict(identity.cohorts)
         ('acme', {'plan': 'pro'})
+        >>> identity.attributes["enduser.id"] = "someone else"
+        Traceback (most recent call last):
+        ...
+        TypeError: a prodlens identity is immutable: its mappings cannot be changed
     """
 
+    __slots__ = ("attributes", "cohorts", "customer", "customer_attribute", "longest",
+                 "pseudonymous")
+
     customer: str | None
-    cohorts: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    #: Cohort name -> value (read-only).
+    cohorts: Mapping[str, str]
     #: True when ``customer`` is a pseudonym (written to ``enduser.pseudo.id``).
-    pseudonymous: bool = False
-    attributes: Mapping[str, str] = field(default_factory=lambda: _EMPTY, compare=False,
-                                          repr=False)
+    pseudonymous: bool
+    #: Span attribute -> value, exactly what is stamped on spans (read-only).
+    attributes: Mapping[str, str]
     #: The length of the longest value in ``attributes`` (checked against span limits).
-    longest: int = field(default=0, compare=False, repr=False)
+    longest: int
+    #: The span attribute that carries the customer.
+    customer_attribute: str
 
-    @property
-    def customer_attribute(self) -> str:
-        """The span attribute that carries this identity's customer."""
-        if self.pseudonymous:
-            return attributes.PSEUDONYM_ATTRIBUTE
-        return _runtime.current().settings.customer_attribute
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        raise TypeError(
+            "prodlens.Identity cannot be constructed directly: use prodlens.identify(), "
+            "prodlens.tag() or prodlens.current()"
+        )
+
+    def __setattr__(self, name: str, value: object) -> NoReturn:
+        raise AttributeError(f"prodlens.Identity is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> NoReturn:
+        raise AttributeError(f"prodlens.Identity is immutable: cannot delete {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Identity):
+            return NotImplemented
+        return (self.customer == other.customer and self.pseudonymous == other.pseudonymous
+                and self.attributes == other.attributes)
+
+    def __hash__(self) -> int:
+        return hash((self.customer, self.pseudonymous, frozenset(self.attributes.items())))
+
+    def __repr__(self) -> str:
+        return (f"Identity(customer={self.customer!r}, cohorts={dict(self.cohorts)!r}, "
+                f"pseudonymous={self.pseudonymous!r})")
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return _restore, (self.customer, dict(self.cohorts), self.pseudonymous,
+                          dict(self.attributes), self.customer_attribute)
+
+    def __copy__(self) -> Identity:
+        return self
+
+    def __deepcopy__(self, memo: object) -> Identity:
+        return self
 
 
-def build(
-    customer: str | None,
-    cohorts: Mapping[str, str],
-    pseudonymous: bool,
-) -> Identity:
-    """An Identity from already-normalised parts, with its span attributes built once."""
-    settings = _runtime.current().settings
+_set = object.__setattr__
+
+
+def _restore(customer: str | None, cohorts: dict[str, str], pseudonymous: bool,
+             stamp: dict[str, str], customer_attribute: str) -> Identity:
+    identity = object.__new__(Identity)
+    _set(identity, "customer", customer)
+    _set(identity, "cohorts", ReadOnlyDict(cohorts) if cohorts else _EMPTY)
+    _set(identity, "pseudonymous", pseudonymous)
+    _set(identity, "attributes", ReadOnlyDict(stamp))
+    _set(identity, "longest", max(map(len, stamp.values()), default=0))
+    _set(identity, "customer_attribute", customer_attribute)
+    return identity
+
+
+def build(customer: str | None, cohorts: Mapping[str, str], pseudonymous: bool,
+          settings: Settings) -> Identity:
+    """An Identity from already-normalised parts, its span attributes built once."""
+    customer_attribute = (attributes.PSEUDONYM_ATTRIBUTE if pseudonymous
+                          else settings.customer_attribute)
     stamp: dict[str, str] = {}
     if customer is not None:
-        key = attributes.PSEUDONYM_ATTRIBUTE if pseudonymous else settings.customer_attribute
-        stamp[key] = customer
+        stamp[customer_attribute] = customer
     prefix = settings.cohort_prefix
     for name, value in cohorts.items():
         stamp[prefix + name] = value
-    # A plain dict (not a read-only proxy): the SDK iterates it for every span, and a dict is
-    # the fastest to iterate. Identity never hands it out for mutation.
-    return Identity(customer, MappingProxyType(dict(cohorts)), pseudonymous, stamp,
-                    max(map(len, stamp.values()), default=0))
+    return _restore(customer, dict(cohorts), pseudonymous, stamp, customer_attribute)
 
 
-def normalize_customer(value: object, *, already_pseudonymous: bool = False) -> tuple[str | None,
-                                                                                     bool]:
-    """(customer, pseudonymous) for a raw customer value under the current settings."""
-    settings = _runtime.current().settings
+def normalize_customer(value: object, settings: Settings, *,
+                       already_pseudonymous: bool = False) -> tuple[str | None, bool]:
+    """(customer, pseudonymous) for a raw customer value under ``settings``."""
     if already_pseudonymous:
         return to_text(value, max(settings.max_value_length, 64)), True
     if settings.pseudonymize and settings.pseudonym_key:
@@ -141,20 +201,20 @@ def normalize_customer(value: object, *, already_pseudonymous: bool = False) -> 
 
 def normalize_cohorts(
     cohorts: Iterable[tuple[object, object]],
+    settings: Settings,
+    limiter: CohortLimiter,
     *,
     where: str,
 ) -> dict[str, str]:
     """Valid, bounded cohorts; bad names are dropped with one logged warning each."""
-    runtime = _runtime.current()
-    settings = runtime.settings
     result: dict[str, str] = {}
     for name, raw in cohorts:
         if not valid_cohort_name(name):
             shown = repr(name)[:80]
             log_once(
                 f"bad-cohort-name:{shown}", logging.WARNING,
-                "prodlens: cohort name %s from %s dropped: names are lowercase letters, digits, "
-                "'_' and '.', at most 64 characters", shown, where,
+                "prodlens: cohort name %s from %s dropped: expected %s", shown, where,
+                COHORT_NAME_GRAMMAR,
             )
             continue
         assert isinstance(name, str)
@@ -168,13 +228,13 @@ def normalize_cohorts(
                 "PRODLENS_MAX_COHORTS to allow more.", settings.max_cohorts,
             )
             break
-        admitted = runtime.limiter.admit(name, text)
+        admitted = limiter.admit(name, text)
         if admitted is not None:
             result[name] = admitted
     return result
 
 
-def merge(base: Identity | None, update: Identity) -> Identity:
+def merge(base: Identity | None, update: Identity, settings: Settings) -> Identity:
     """``update`` laid over ``base``: its customer (if any) and cohorts win."""
     if base is None:
         return update
@@ -186,151 +246,4 @@ def merge(base: Identity | None, update: Identity) -> Identity:
     )
     cohorts = dict(base.cohorts)
     cohorts.update(update.cohorts)
-    return build(customer, cohorts, pseudonymous)
-
-
-class Scope:
-    """The identity of one unit of work. Shared by every context copied from where it opened,
-    so ``identify()`` in a thread-pool callback or a child task of a request still reaches the
-    request's later spans."""
-
-    __slots__ = ("boundary", "compact_at", "identity", "outer", "spans")
-
-    def __init__(self, identity: Identity | None, boundary: int | None,
-                 outer: Scope | None = None) -> None:
-        self.identity = identity
-        #: Span id that was current when a ``tag()`` scope opened; identify() stops below it.
-        self.boundary = boundary
-        #: The scope that was current when this one opened (its spans may be ancestors).
-        self.outer = outer
-        #: Spans started in this scope, so late identification can reach the open ones: the
-        #: processor appends, :meth:`compact` drops ended ones (bounded; see prodlens._open_spans).
-        self.spans: list[Span] = []
-        #: Length of ``spans`` at which the processor next calls :meth:`compact`.
-        self.compact_at = COMPACT_AT
-
-    def compact(self, limit: int) -> None:
-        """Forget ended spans, and the oldest open ones past ``limit``. A span another thread
-        appends while the list is being rebuilt may be left out: it then only misses late tags
-        as an ancestor, as a span past ``limit`` does."""
-        self.spans = compact_spans(self.spans, limit)
-        self.compact_at = max(COMPACT_AT, 2 * len(self.spans))
-
-
-SCOPE: Final[contextvars.ContextVar[Scope | None]] = contextvars.ContextVar(
-    "prodlens_scope", default=None
-)
-
-
-def current() -> Identity | None:
-    """The identity of the current unit of work, or None.
-
-    Example::
-
-        >>> import prodlens
-        >>> prodlens.current() is None
-        True
-    """
-    scope = SCOPE.get()
-    return None if scope is None else scope.identity
-
-
-def open_scope(identity: Identity | None, *, isolate_ancestors: bool) -> contextvars.Token[
-        Scope | None]:
-    """Open a scope in the current context; close it with :func:`close_scope`.
-
-    Args:
-        identity: the scope's identity (merged with nothing; callers merge if they want to).
-        isolate_ancestors: True for ``tag()`` scopes: ``identify()`` inside never reaches the
-            spans open when the scope opened. Integrations' request scopes pass False, so late
-            identification tags the server span.
-    """
-    boundary: int | None = None
-    if isolate_ancestors:
-        span = trace.get_current_span()
-        context = span.get_span_context()
-        if context.is_valid:
-            boundary = context.span_id
-    return SCOPE.set(Scope(identity, boundary, SCOPE.get()))
-
-
-def close_scope(token: contextvars.Token[Scope | None]) -> None:
-    """Close a scope opened by :func:`open_scope` in this context."""
-    try:
-        SCOPE.reset(token)
-    except ValueError:  # closed from another context (e.g. a generator resumed elsewhere)
-        SCOPE.set(token.old_value if token.old_value is not contextvars.Token.MISSING else None)
-
-
-def apply(update: Identity) -> None:
-    """Merge ``update`` into the current scope (opening one if none) and tag open spans."""
-    scope = SCOPE.get()
-    if scope is None:
-        scope = Scope(None, None)
-        SCOPE.set(scope)
-    merged = merge(scope.identity, update)
-    scope.identity = merged
-    span = trace.get_current_span()
-    if isinstance(span, Span) and span.is_recording() and _runtime.current().enabled:
-        tag_open_ancestors(
-            span, merged.attributes, merged.customer_attribute, merged.customer, scope.boundary,
-            scope,
-        )
-
-
-def identify(customer: object = None, **cohorts: object) -> Identity | None:
-    """Say who the current request is for, e.g. right after authentication.
-
-    Merges into the current identity: a customer replaces the customer, cohorts are added or
-    replaced. Inside a scope (an integration's request, a ``tag()`` block) it lasts exactly as
-    long as that scope; outside any scope it changes the current context (the thread's, or the
-    asyncio task's) until that context ends or another ``identify()``.
-
-    The current span and every still-open ancestor span in this process (up to the server span)
-    are tagged at once; spans that already ended are not changed. Never raises: bad cohort names
-    and unusable values are dropped with one logged warning.
-
-    Args:
-        customer: the customer id (str, int, bytes...; None keeps the current customer).
-        **cohorts: cohort name to value, e.g. ``plan="pro", region="eu-west"``.
-
-    Returns:
-        The identity now in force, or None if prodlens failed internally (logged).
-
-    Example::
-
-        >>> import prodlens
-        >>> with prodlens.tag():
-        ...     prodlens.identify("acme", plan="pro").customer
-        'acme'
-    """
-    try:
-        if SCOPE.get() is None:
-            _warn_on_pool_worker()
-        name, pseudo = normalize_customer(customer)
-        update = build(name, normalize_cohorts(cohorts.items(), where="identify()"), pseudo)
-        apply(update)
-        return current()
-    except Exception as error:
-        internal_error("identify()", error)
-        return None
-
-
-def _warn_on_pool_worker() -> None:
-    """Warn (once) that identify() outside any scope on a pool's worker thread sticks to that
-    thread: every later job it runs would carry this identity."""
-    thread = threading.current_thread()
-    if thread is threading.main_thread():
-        return
-    # A ThreadPoolExecutor worker (asyncio's default executor is one) runs the module's
-    # ``_worker`` loop; its registry of workers is filled only after a worker starts its first
-    # job, so the thread's target is what tells, with the default name as a fallback.
-    pool = sys.modules.get("concurrent.futures.thread")
-    worker_loop = getattr(pool, "_worker", None)
-    if thread.name.startswith("ThreadPoolExecutor-") or (
-            worker_loop is not None and getattr(thread, "_target", None) is worker_loop):
-        log_once("identify:pool-worker", logging.WARNING,
-                 "prodlens: identify() ran outside any scope on thread-pool worker %s: the "
-                 "identity stays with that thread, so its later jobs carry it too. Run the job "
-                 "inside `with prodlens.tag(customer, ...)` (a scope that ends with the job), "
-                 "or wrap it with @prodlens.tag. Logged once.", thread.name)
+    return build(customer, cohorts, pseudonymous, settings)

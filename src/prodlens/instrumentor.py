@@ -12,10 +12,13 @@ service needs (with ``opentelemetry-distro`` and an exporter installed)::
 ``_instrument`` reads the ``PRODLENS_*`` settings, attaches the prodlens span processor to the
 tracer provider (``tracer_provider=`` or the global SDK provider) and patches every supported
 framework through wrapt post-import hooks, whether it is imported before or after prodlens.
-It never raises: a configuration error is logged once and prodlens stands down, so the other
-instrumentors still load. ``_uninstrument`` removes every patch and makes the processor inert
+It never raises. As OpenTelemetry's SDK treats its own variables, every invalid value is logged
+(each once, naming the variable, the value and what is accepted) and that setting keeps its
+default while the rest of prodlens stays active; unknown ``PRODLENS_*`` variables are logged
+with the closest valid name. ``_uninstrument`` removes every patch and makes the processor inert
 (the SDK cannot detach a processor). Disable it with
-``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=prodlens``.
+``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=prodlens``, or one integration with, e.g.,
+``PRODLENS_DISABLED_INTEGRATIONS=celery,openfeature``.
 """
 
 from __future__ import annotations
@@ -33,23 +36,15 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 from opentelemetry.sdk.trace import TracerProvider
 
 from prodlens import _configure, _runtime
-from prodlens._safety import internal_error, log_once, logger
-from prodlens.config import ConfigError, load_settings
+from prodlens._safety import guard, internal_error, log_once, logger
+from prodlens.config import INTEGRATION_NAMES, read_environment
 from prodlens.integrations import _patching
 
 __all__ = ["INTEGRATIONS", "ProdlensInstrumentor"]
 
 #: Every integration module, in patching order. Each exposes ``TARGET`` and ``patch(module)``,
 #: or ``PATCHES``, a sequence of (target module, patch function). Missing modules are skipped.
-INTEGRATIONS: Final = (
-    "prodlens.integrations.flask",
-    "prodlens.integrations.django",
-    "prodlens.integrations.outbound",
-    "prodlens.integrations.asgi",
-    "prodlens.integrations.starlette",
-    "prodlens.integrations.celery",
-    "prodlens.integrations.openfeature",
-)
+INTEGRATIONS: Final = tuple(f"prodlens.integrations.{name}" for name in INTEGRATION_NAMES)
 
 Patch = Callable[[ModuleType], None]
 
@@ -76,23 +71,19 @@ def _register(name: str) -> None:
         internal_error(f"loading {name}", error)
         return
     for target, hook in _targets(module):
-        try:
+        with guard(f"registering {name}"):
             _patching.on_import(target, hook)
-        except Exception as error:
-            internal_error(f"registering {name}", error)
 
 
 def _attach_later(wrapped: Any, instance: Any, args: tuple[Any, ...],
                   kwargs: dict[str, Any]) -> Any:
     """After the app sets the global provider itself, attach prodlens to it."""
     result = wrapped(*args, **kwargs)
-    try:
+    with guard("attaching to the tracer provider"):
         provider = args[0] if args else kwargs.get("tracer_provider")
         runtime = _runtime.current()
-        if runtime.enabled and isinstance(provider, TracerProvider):
+        if runtime.on and isinstance(provider, TracerProvider):
             _configure.attach(provider, runtime.settings)
-    except Exception as error:
-        internal_error("attaching to the tracer provider", error)
     return result
 
 
@@ -119,22 +110,21 @@ class ProdlensInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         return []
 
     def _instrument(self, **kwargs: Any) -> None:
-        try:
+        with guard("ProdlensInstrumentor.instrument"):  # the other instrumentors still load
             self._install(kwargs.get("tracer_provider"), kwargs.get("environ"))
-        except Exception as error:  # never stop the other instrumentors from loading
-            internal_error("ProdlensInstrumentor.instrument", error)
 
     def _install(self, provider: object, environ: Mapping[str, str] | None) -> None:
         runtime = _runtime.current()
         if environ is not None or not runtime.configured:
-            try:
-                settings = load_settings(environ)
-            except ConfigError as error:
-                log_once("instrumentor-config-error", logging.ERROR,
-                         "prodlens: %s. prodlens is not active; the application runs untagged.",
-                         error)
-                _runtime.set_active(False)
-                return
+            settings, problems = read_environment(environ)
+            for problem in problems:
+                log_once(f"config:{problem.variable}", logging.WARNING,
+                         "prodlens: %s%s", problem,
+                         "" if problem.unknown else "; the default is used")
+            if any(p.variable.startswith("PRODLENS_PSEUDONYM") for p in problems):
+                log_once("config:off", logging.ERROR,
+                         "prodlens: pseudonymisation is configured but cannot be done; prodlens "
+                         "is not active and the application runs untagged.")
             _runtime.install(settings)
         _runtime.set_active(True)
         settings = _runtime.current().settings
@@ -147,16 +137,18 @@ class ProdlensInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 # No SDK yet (no configurator ran): attach when the app sets one.
                 _patching.on_import("opentelemetry.trace", self._hook_set_provider)
         _configure.attach(provider, settings)
-        for name in INTEGRATIONS:
-            _register(name)
+        for name in INTEGRATION_NAMES:
+            if name in settings.disabled_integrations:
+                logger.debug("prodlens: integration %s disabled by "
+                             "PRODLENS_DISABLED_INTEGRATIONS", name)
+                continue
+            _register(f"prodlens.integrations.{name}")
 
     @staticmethod
     def _hook_set_provider(module: ModuleType) -> None:
         _patching.wrap(module, "set_tracer_provider", _attach_later)
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        try:
+        with guard("ProdlensInstrumentor.uninstrument"):
             _patching.unpatch_all()
             _runtime.set_active(False)
-        except Exception as error:
-            internal_error("ProdlensInstrumentor.uninstrument", error)

@@ -11,6 +11,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+from prodlens import _runtime
+from prodlens.config import ConfigError
+
 #: Ids longer than this are hashed on their first this-many characters (bounded work).
 HASH_INPUT_LIMIT = 65536
 
@@ -37,9 +40,6 @@ def pseudonym(customer_id: str, key: str | None = None) -> str:
         >>> prodlens.pseudonym("acme", key="0123456789abcdef")[:16]
         '6e0e7e1a0ba3cb5c'
     """
-    from prodlens import _runtime
-    from prodlens.config import ConfigError
-
     if key is None:
         key = _runtime.current().settings.pseudonym_key
     if not key:

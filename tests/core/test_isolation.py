@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from opentelemetry.trace import SpanKind
 
 import prodlens
-from prodlens.identity import close_scope, open_scope
+from prodlens._scope import close_scope, open_scope
 
 REQUESTS = 1000
 

@@ -20,7 +20,7 @@ ACME = {"enduser.id": "acme", "prodlens.cohort.plan": "pro"}
 
 
 def test_late_identify_tags_open_server_span_and_ancestors_not_ended_siblings(traced):
-    from prodlens.identity import close_scope, open_scope
+    from prodlens._scope import close_scope, open_scope
 
     tracer = traced.tracer
     request_scope = open_scope(None, isolate_ancestors=False)  # as an integration opens it
@@ -134,7 +134,7 @@ def test_open_span_bookkeeping_is_bounded(traced_with):
 
 
 def test_a_scope_remembers_its_open_spans_within_bounds(traced_with):
-    from prodlens.identity import SCOPE, close_scope, open_scope
+    from prodlens._scope import SCOPE, close_scope, open_scope
 
     traced = traced_with(max_open_spans=100)
     token = open_scope(None, isolate_ancestors=False)
@@ -159,7 +159,7 @@ def test_a_scope_remembers_its_open_spans_within_bounds(traced_with):
 
 
 def test_late_identify_in_a_nested_scope_reaches_ancestors_of_the_outer_scope(traced):
-    from prodlens.identity import close_scope, open_scope
+    from prodlens._scope import close_scope, open_scope
 
     tracer = traced.tracer
     request = open_scope(None, isolate_ancestors=False)
@@ -176,7 +176,7 @@ def test_late_identify_from_worker_threads_reaches_the_request_span(traced):
     import contextvars
     from concurrent.futures import ThreadPoolExecutor
 
-    from prodlens.identity import SCOPE, close_scope, open_scope
+    from prodlens._scope import SCOPE, close_scope, open_scope
 
     tracer = traced.tracer
     token = open_scope(None, isolate_ancestors=False)

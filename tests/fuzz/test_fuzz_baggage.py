@@ -50,9 +50,11 @@ def test_stripped_headers_hold_no_prodlens_member_for_any_reader(header: str) ->
        cohorts=st.dictionaries(st.sampled_from(["plan", "region", "tier"]), ANY_TEXT))
 def test_outgoing_header_holds_exactly_the_identity(existing: str, customer: str,
                                                     cohorts: dict[str, str]) -> None:
-    _runtime.install(load_settings({}))
-    name, pseudo = normalize_customer(customer)
-    identity = build(name, normalize_cohorts(cohorts.items(), where="fuzz"), pseudo)
+    runtime = _runtime.install(load_settings({}))
+    settings = runtime.settings
+    name, pseudo = normalize_customer(customer, settings)
+    identity = build(name, normalize_cohorts(cohorts.items(), settings, runtime.limiter,
+                                             where="fuzz"), pseudo, settings)
     header = merge_header(existing, identity)
     assert len(header.encode("utf-8")) <= MAX_HEADER_BYTES
     members = [m for m in header.split(",") if m.strip()]

@@ -7,7 +7,7 @@ from fuzz_strategies import MIXED_TEXT, WSGI_TEXT
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prodlens.integrations._sources import MAX_COOKIE_CHARS, cookie_value
+from prodlens.integrations._readers import MAX_COOKIE_CHARS, cookie_value
 from prodlens.integrations.wsgi import EnvironView
 
 #: RFC 6265 cookie-octets: printable ASCII but for '"', ',', ';' and '\\'.

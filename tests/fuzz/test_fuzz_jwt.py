@@ -10,7 +10,7 @@ from fuzz_strategies import MIXED_TEXT
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prodlens.integrations._sources import bearer_claims, claim
+from prodlens.integrations._readers import bearer_claims, claim
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | MIXED_TEXT,

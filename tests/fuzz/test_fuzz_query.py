@@ -9,7 +9,7 @@ from fuzz_strategies import ANY_TEXT, MIXED_TEXT, WSGI_TEXT
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prodlens.integrations._sources import query_value
+from prodlens.integrations._readers import query_value
 from prodlens.integrations.wsgi import EnvironView
 
 

@@ -21,7 +21,8 @@ from servers import prodlens_attributes, send_raw, serve_wsgi
 
 from prodlens import _runtime
 from prodlens.config import load_settings
-from prodlens.integrations._sources import bearer_claims, resolve_early
+from prodlens.integrations._readers import bearer_claims
+from prodlens.integrations._sources import resolve_early
 from prodlens.integrations.wsgi import EnvironView
 
 ENV = {

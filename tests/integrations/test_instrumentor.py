@@ -1,5 +1,6 @@
-"""ProdlensInstrumentor: entry point, never raises, stands down on bad config, patches via
-post-import hooks, uninstrument removes every patch and makes the processor inert."""
+"""ProdlensInstrumentor: entry point, never raises, reports every bad variable and keeps the rest
+active, patches via post-import hooks, uninstrument removes every patch and makes the processor
+inert."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typing import Any
 import flask
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from prodlens import _configure, _runtime
 from prodlens.instrumentor import ProdlensInstrumentor
@@ -30,19 +33,76 @@ def test_no_instruments_dependencies() -> None:
     assert list(ProdlensInstrumentor().instrumentation_dependencies()) == []
 
 
-def test_config_error_is_logged_once_and_prodlens_stands_down(
+def test_every_invalid_variable_is_reported_once_and_the_rest_stays_active(
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.ERROR, logger="prodlens")
-    ProdlensInstrumentor().instrument(tracer_provider=TracerProvider(),
-                                      environ={"PRODLENS_CUSTOMER_FROM": "header"})
+    caplog.set_level(logging.WARNING, logger="prodlens")
+    provider = TracerProvider()
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    environ = {
+        "PRODLENS_METRICS": "false",
+        "PRODLENS_CUSTOMER_FROM": "header",            # invalid: falls back to `user`
+        "PRODLENS_MAX_COHORT_VALUES": "-1",            # invalid: falls back to 100
+        "PRODLENS_COHORT_PLAN_FROM": "header:x-plan",  # valid: still applied
+        "PRODLENS_CUSTMER_FROM": "header:x-customer",  # unknown: a warning, a suggestion
+        "PRODLENS_COHORT_Region_FROM": "header:x-region",
+    }
+    ProdlensInstrumentor().instrument(tracer_provider=provider, environ=environ)
     try:
-        assert not _patching.patched(flask.app.Flask, "__call__")
-        messages = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-        assert len(messages) == 1
-        assert "PRODLENS_CUSTOMER_FROM=header" in messages[0]
-        assert "header:NAME" in messages[0]  # the accepted grammar
+        assert _patching.patched(flask.app.Flask, "__call__")
+        assert _runtime.current().settings.max_cohort_values == 100
+        app = flask.Flask("prodlens-test-config")
+
+        @app.route("/")
+        def index() -> str:
+            with provider.get_tracer("tests").start_as_current_span("view"):
+                return "ok"
+
+        assert app.test_client().get("/", headers={"x-plan": "pro"}).status_code == 200
+        (span,) = exporter.get_finished_spans()
+        assert dict(span.attributes or {}) == {"prodlens.cohort.plan": "pro"}
+        messages = [r.getMessage() for r in caplog.records
+                    if r.levelno == logging.WARNING and r.name == "prodlens"]
+        for expected in ("PRODLENS_CUSTOMER_FROM=header (from the environment) is not valid: "
+                         "expected a comma-separated list of header:NAME",
+                         "PRODLENS_MAX_COHORT_VALUES=-1 (from the environment) is not valid: "
+                         "expected a whole number >= 1; the default is used",
+                         "PRODLENS_CUSTMER_FROM is not a prodlens setting and is ignored; did "
+                         "you mean PRODLENS_CUSTOMER_FROM?",
+                         "PRODLENS_COHORT_Region_FROM is not a prodlens setting and is ignored; "
+                         "did you mean PRODLENS_COHORT_REGION_FROM?"):
+            assert sum(expected in message for message in messages) == 1, expected
+        assert len(messages) == 4
     finally:
         ProdlensInstrumentor().uninstrument()
+
+
+def test_unusable_pseudonymisation_switches_prodlens_off(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="prodlens")
+    ProdlensInstrumentor().instrument(
+        tracer_provider=TracerProvider(),
+        environ={"PRODLENS_PSEUDONYMIZE": "true", "PRODLENS_PSEUDONYM_KEY": "short"})
+    try:
+        assert not _runtime.current().on
+        errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(errors) == 1 and "runs untagged" in errors[0]
+        assert any("PRODLENS_PSEUDONYM_KEY=(hidden)" in r.getMessage() for r in caplog.records)
+    finally:
+        ProdlensInstrumentor().uninstrument()
+
+
+def test_disabled_integrations_are_not_patched(prodlens_setup: Any) -> None:
+    import celery.signals
+
+    prodlens_setup({"PRODLENS_DISABLED_INTEGRATIONS": "celery,openfeature"})
+    assert _patching.patched(flask.app.Flask, "__call__")
+    receivers = [r for r in celery.signals.task_prerun.receivers
+                 if "prodlens" in repr(r[0])]
+    assert receivers == []
+    from openfeature import api
+
+    assert not any(type(h).__name__ == "ProdlensHook" for h in api.get_hooks())
 
 
 def test_instrument_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -69,7 +129,7 @@ def test_uninstrument_removes_every_patch_and_deactivates(prodlens_setup: Any) -
     ProdlensInstrumentor().uninstrument()
     assert not any(_patching.patched(o, a) for o, a in owners)
     assert all(getattr(o, a) is originals[a] for o, a in owners)
-    assert not _runtime.current().enabled
+    assert not _runtime.current().on
 
 
 def test_per_request_entry_points_are_plain_functions_mirroring_the_original(

@@ -14,9 +14,9 @@ import pytest
 
 from prodlens import _runtime
 from prodlens.config import Settings, load_settings
-from prodlens.identity import current
+from prodlens import current
 from prodlens.integrations import asgi, wsgi
-from prodlens.integrations._sources import (
+from prodlens.integrations._plan import (
     MAX_CACHED_IDENTITIES,
     MAX_RAW_KEY_CHARS,
     HeaderPlan,

@@ -11,17 +11,10 @@ import pytest
 
 from prodlens import _runtime
 from prodlens.config import Settings, load_settings
-from prodlens.integrations._sources import (
-    bearer_claims,
-    claim,
-    cookie_value,
-    needs_late,
-    query_value,
-    resolve_early,
-    resolve_late,
-    strip_prodlens_members,
-    uses_baggage,
-)
+from prodlens.baggage import strip_members as strip_prodlens_members
+from prodlens.integrations._plan import needs_late, uses_baggage
+from prodlens.integrations._readers import bearer_claims, claim, cookie_value, query_value
+from prodlens.integrations._sources import resolve_early, resolve_late
 
 
 def jwt(payload: object, header: object = None) -> str:

@@ -19,7 +19,8 @@ from opentelemetry.trace import (
 )
 
 import prodlens
-from prodlens.signals.metrics import DURATION_BUCKETS, TopCustomers
+from prodlens.signals._topk import TopCustomers
+from prodlens.signals.metrics import DURATION_BUCKETS
 from prodlens.signals.sampling import ProdlensSampler
 
 REQUESTS = "prodlens.requests"
@@ -189,9 +190,9 @@ def test_counts_are_exact_under_threads(signals: Any) -> None:
 
 def test_shape_cache_is_bounded_and_counts_stay_exact(
         signals: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from prodlens.signals import metrics
+    from prodlens.signals import _layouts
 
-    monkeypatch.setattr(metrics, "MAX_SHAPES", 16)
+    monkeypatch.setattr(_layouts, "MAX_SHAPES", 16)
     s = signals(metrics_max_series=30, max_cohort_values=1000)
     made: dict[tuple[str, str], int] = {}
     for i in range(600):

@@ -24,7 +24,6 @@ Environment variables::
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -37,19 +36,14 @@ from opentelemetry.context import get_current as _otel_context
 from opentelemetry.sdk.trace import Span
 
 from prodlens import _runtime
-from prodlens._safety import internal_error
-from prodlens.baggage import may_hold_prodlens, strip_current_context
-from prodlens.identity import SCOPE, Identity, Scope, apply, close_scope, merge, open_scope
+from prodlens._safety import guard
+from prodlens._scope import ScopeToken, apply, close_scope, open_scope
+from prodlens.baggage import may_hold_prodlens, strip_current_context, strip_members
+from prodlens.identity import Identity, merge
 from prodlens.integrations import _patching
-from prodlens.integrations._sources import (
-    MAX_COOKIE_CHARS,
-    cookie_value,
-    query_value,
-    resolve_early,
-    resolve_late,
-    source_plan,
-    strip_prodlens_members,
-)
+from prodlens.integrations._plan import source_plan
+from prodlens.integrations._readers import MAX_COOKIE_CHARS, cookie_value, query_value
+from prodlens.integrations._sources import resolve_early, resolve_headers, resolve_late
 
 __all__ = [
     "TARGET",
@@ -78,9 +72,6 @@ LATE_KEY: Final = "prodlens.late"
 #: The token of a context attached without a client's prodlens baggage, detached at the end.
 _CONTEXT_KEY: Final = "prodlens.context"
 _HTTP_TYPES: Final = frozenset({"http", "websocket"})
-#: A cache miss (None is a cached "no identity"). Typed Any so that a cache read needs no
-#: ``typing.cast`` (a function call per request).
-_MISS: Final[Any] = object()
 #: Header values are read on at most this many bytes (every reader bounds itself further).
 _MAX_HEADER_BYTES: Final = 32 * 1024
 _MAX_QUERY_BYTES: Final = 16 * 1024
@@ -193,7 +184,7 @@ def _strip_inbound_baggage(scope: ASGIScope) -> None:
             continue
         text = bytes(value).decode("latin-1")
         if may_hold_prodlens(text):
-            stripped = strip_prodlens_members(text)
+            stripped = strip_members(text)
             if stripped != text:
                 replaced[index] = stripped.encode("ascii") if stripped else None
     if replaced:
@@ -216,15 +207,14 @@ def _early_key(scope: ASGIScope, names: dict[bytes, int], count: int,
     values: list[object] = [None] * count
     headers = scope.get("headers")
     if count and headers:
-        get = names.get
         missing = count
         try:
             for name, value in headers:
-                index = get(name)
+                index = names.get(name)
                 if index is None:
                     if name.islower():  # ASGI names are lower-case; tolerate others
                         continue
-                    index = get(name.lower())
+                    index = names.get(name.lower())
                     if index is None:
                         continue
                 if value.__class__ is not bytes:
@@ -241,23 +231,21 @@ def _early_key(scope: ASGIScope, names: dict[bytes, int], count: int,
     return tuple(values)
 
 
-def enter_request(scope: ASGIScope, *, with_late: bool) -> contextvars.Token[Scope | None] | None:
+def enter_request(scope: ASGIScope, *, with_late: bool) -> ScopeToken | None:
     """Open the request's prodlens scope with its early identity (and, with ``with_late``, the
     ``user`` an outer authentication middleware set). None when prodlens is off, the connection
     is not HTTP or websocket, or a scope is already open for it. Never raises."""
-    try:
+    with guard("ASGI request start"):
         if scope.get("type") not in _HTTP_TYPES or scope.get(SCOPE_KEY):
             return None
-    except Exception as error:
-        internal_error("ASGI request start", error)
-        return None
-    return _enter(scope, with_late)
+        return _enter(scope, with_late)
+    return None
 
 
-def _enter(scope: ASGIScope, with_late: bool) -> contextvars.Token[Scope | None] | None:
+def _enter(scope: ASGIScope, with_late: bool) -> ScopeToken | None:
     """:func:`enter_request` for an HTTP or websocket scope with no prodlens scope open."""
-    try:
-        runtime = _runtime._current
+    with guard("ASGI request start"):
+        runtime = _runtime.current()
         if not runtime.on:
             return None
         settings = runtime.settings
@@ -270,9 +258,7 @@ def _enter(scope: ASGIScope, with_late: bool) -> contextvars.Token[Scope | None]
         if headers is not None and key is not None:
             # Header-only sources: the identity is cached by the raw header values (a tuple of
             # bytes and None: hashable).
-            identity: Identity | None = headers.cache.get(key, _MISS)
-            if identity is _MISS:
-                identity = headers.resolve(key, ASGIScopeView, scope)
+            identity: Identity | None = resolve_headers(headers, key, ASGIScopeView, scope)
         else:
             identity = resolve_early(ASGIScopeView(scope), settings)
         # Whether baggage is a source or not, a client's prodlens members go no further.
@@ -284,7 +270,7 @@ def _enter(scope: ASGIScope, with_late: bool) -> contextvars.Token[Scope | None]
         if with_late and plan.late:
             late = resolve_late(ASGIScopeView(scope), settings)
             if late is not None:
-                identity = merge(identity, late)
+                identity = merge(identity, late, settings)
         scope[SCOPE_KEY] = True
         if identity is not None and _otel_context():  # an empty context holds no span
             span = trace.get_current_span()
@@ -292,48 +278,40 @@ def _enter(scope: ASGIScope, with_late: bool) -> contextvars.Token[Scope | None]
                     and span.kind is trace.SpanKind.SERVER):
                 # A server span opened outside us (OpenTelemetryMiddleware wrapped around this
                 # middleware): tag it as well as every span started inside the request.
-                token = open_scope(None, isolate_ancestors=False)
+                token = open_scope(None)
                 apply(identity)
                 return token
-        return SCOPE.set(Scope(identity, None, SCOPE.get()))  # open_scope(identity), inlined
-    except Exception as error:
-        internal_error("ASGI request start", error)
-        if _CONTEXT_KEY in scope:  # no exit_request will run for this scope: detach now
-            _detach_stripped(scope)
-        return None
+        return open_scope(identity)
+    # Reached only when the block above failed: no exit_request will run for it, detach now.
+    if _CONTEXT_KEY in scope:
+        _detach_stripped(scope)
+    return None
 
 
-def exit_request(scope: ASGIScope, token: contextvars.Token[Scope | None] | None) -> None:
+def exit_request(scope: ASGIScope, token: ScopeToken | None) -> None:
     """Close a scope opened by :func:`enter_request`. Never raises."""
     if token is None:
         return
-    try:
-        try:
-            SCOPE.reset(token)  # close_scope(token), inlined
-        except ValueError:
-            close_scope(token)
+    with guard("ASGI request end"):
+        close_scope(token)
         scope.pop(SCOPE_KEY, None)
         scope.pop(LATE_KEY, None)
         if _CONTEXT_KEY in scope:
             _detach_stripped(scope)
-    except Exception as error:
-        internal_error("ASGI request end", error)
 
 
 def _detach_stripped(scope: ASGIScope) -> None:
     """Detach the context attached without a client's prodlens baggage. Never raises."""
-    try:
+    with guard("ASGI request end"):
         _otel_detach(scope.pop(_CONTEXT_KEY))
-    except Exception as error:
-        internal_error("ASGI request end", error)
 
 
 def apply_late(scope: ASGIScope) -> None:
     """Resolve ``path:PARAM`` (``scope["path_params"]``) and ``user`` / ``user:ATTR``
     (``scope["user"]``) once the request is routed, and tag the open server span; once per
     request. Never raises."""
-    try:
-        runtime = _runtime._current
+    with guard("ASGI late sources"):
+        runtime = _runtime.current()
         # Without user/path sources there is nothing to do: one identity check per call.
         if not runtime.on or not source_plan(runtime.settings).late:
             return
@@ -343,8 +321,6 @@ def apply_late(scope: ASGIScope) -> None:
         identity = resolve_late(ASGIScopeView(scope), runtime.settings)
         if identity is not None:
             apply(identity)
-    except Exception as error:
-        internal_error("ASGI late sources", error)
 
 
 async def run_in_scope(app: Any, scope: ASGIScope, receive: Any, send: Any, *,

@@ -26,9 +26,9 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import Span
 
 from prodlens import _runtime, attributes
-from prodlens._safety import internal_error
+from prodlens._safety import guard
+from prodlens._scope import apply, close_scope, current, open_scope
 from prodlens.baggage import identity_from_members, merge_header, parse_header
-from prodlens.identity import apply, close_scope, current, open_scope
 from prodlens.integrations import _patching
 
 __all__ = ["HEADER", "TARGET", "connect", "disconnect", "patch"]
@@ -43,9 +43,9 @@ _UID: Final = "prodlens.integrations.celery."
 
 def _before_publish(sender: Any = None, headers: Any = None, **kwargs: Any) -> None:
     """Producer: put the current identity into the outgoing task message's headers."""
-    try:
+    with guard("Celery publish"):
         runtime = _runtime.current()
-        if not runtime.enabled or not runtime.settings.celery_propagate:
+        if not runtime.on or not runtime.settings.celery_propagate:
             return
         if not isinstance(headers, dict):
             return
@@ -54,8 +54,6 @@ def _before_publish(sender: Any = None, headers: Any = None, **kwargs: Any) -> N
             headers.pop(HEADER, None)  # e.g. a retry published outside any scope
             return
         headers[HEADER] = merge_header(None, identity)
-    except Exception as error:
-        internal_error("Celery publish", error)
 
 
 def _header_of(request: Any) -> object | None:
@@ -69,12 +67,12 @@ def _header_of(request: Any) -> object | None:
 
 def _prerun(task_id: Any = None, task: Any = None, **kwargs: Any) -> None:
     """Worker: open the task's scope with the identity its message carried (or none)."""
-    try:
+    with guard("Celery task start"):
         request = getattr(task, "request", None)
         if request is None or getattr(request, "is_eager", False):
             return  # an eager task runs inline, in its caller's scope
         runtime = _runtime.current()
-        if not runtime.enabled:
+        if not runtime.on:
             return
         identity = None
         if runtime.settings.celery_propagate:
@@ -85,28 +83,24 @@ def _prerun(task_id: Any = None, task: Any = None, **kwargs: Any) -> None:
         if identity is not None and isinstance(span, Span) and span.is_recording():
             # The Celery instrumentation's prerun receiver ran before ours and its task span is
             # open: tag it, and the task's later spans, through apply().
-            token = open_scope(None, isolate_ancestors=False)
+            token = open_scope(None)
             apply(identity)
         else:
             # Ours ran first (the task span is stamped when it starts), or nothing to restore.
             # Always a fresh scope: a task never inherits what its worker thread saw before.
-            token = open_scope(identity, isolate_ancestors=False)
+            token = open_scope(identity)
         setattr(request, _TOKEN_ATTRIBUTE, token)
-    except Exception as error:
-        internal_error("Celery task start", error)
 
 
 def _postrun(task_id: Any = None, task: Any = None, **kwargs: Any) -> None:
     """Worker: close the task's scope."""
-    try:
+    with guard("Celery task end"):
         request = getattr(task, "request", None)
         token = getattr(request, _TOKEN_ATTRIBUTE, None)
         if token is None:
             return
         delattr(request, _TOKEN_ATTRIBUTE)
         close_scope(token)
-    except Exception as error:
-        internal_error("Celery task end", error)
 
 
 def _signals() -> Any:

@@ -33,10 +33,11 @@ from types import ModuleType
 from typing import Any, Final
 
 from prodlens import _runtime
-from prodlens._safety import internal_error
-from prodlens.identity import apply
+from prodlens._safety import guard
+from prodlens._scope import apply
 from prodlens.integrations import _patching
-from prodlens.integrations._sources import needs_late, resolve_late, source_plan
+from prodlens.integrations._plan import needs_late, source_plan
+from prodlens.integrations._sources import resolve_late
 from prodlens.integrations.wsgi import EnvironView, enter_request, exit_request
 
 __all__ = ["TARGET", "DjangoView", "patch"]
@@ -107,15 +108,13 @@ async def _get_response_async(wrapped: Any, instance: Any, args: tuple[Any, ...]
 
 
 def _late(request: Any, view_kwargs: Any, loaded_user: Any = _UNLOADED) -> None:
-    try:
+    with guard("Django late sources"):
         runtime = _runtime.current()
-        if runtime.enabled and needs_late(runtime.settings):
+        if runtime.on and needs_late(runtime.settings):
             identity = resolve_late(DjangoView(request, view_kwargs, loaded_user),
                                     runtime.settings)
             if identity is not None:
                 apply(identity)
-    except Exception as error:
-        internal_error("Django late sources", error)
 
 
 def process_view(request: Any, view_func: Any, view_args: Any, view_kwargs: Any) -> None:
@@ -146,26 +145,22 @@ async def process_view_async(request: Any, view_func: Any, view_args: Any,
     """The async handler's twin of :func:`process_view`: the user is loaded first (in the
     event loop ``request.user`` raises ``SynchronousOnlyOperation``)."""
     loaded: Any = _UNLOADED
-    try:
+    with guard("Django user (async)"):
         runtime = _runtime.current()
-        if runtime.enabled and source_plan(runtime.settings).user:
+        if runtime.on and source_plan(runtime.settings).user:
+            loaded = None  # if loading fails: no user, and path sources still resolve
             loaded = await _load_user(request)
-    except Exception as error:
-        internal_error("Django user (async)", error)
-        loaded = None  # path sources still resolve
     _late(request, view_kwargs, loaded)
 
 
 def _load_middleware(wrapped: Any, instance: Any, args: tuple[Any, ...],
                      kwargs: dict[str, Any]) -> Any:
     result = wrapped(*args, **kwargs)
-    try:
+    with guard("Django middleware set-up"):
         is_async = bool(kwargs.get("is_async", args[0] if args else False))
         hooks = getattr(instance, "_view_middleware", None)
         if isinstance(hooks, list):
             hooks.append(process_view_async if is_async else process_view)
-    except Exception as error:
-        internal_error("Django middleware set-up", error)
     return result
 
 

@@ -24,10 +24,11 @@ from types import ModuleType
 from typing import Any, Final
 
 from prodlens import _runtime
-from prodlens._safety import internal_error
-from prodlens.identity import apply
+from prodlens._safety import guard
+from prodlens._scope import apply
 from prodlens.integrations import _patching
-from prodlens.integrations._sources import late_sources_configured, resolve_late, source_plan
+from prodlens.integrations._plan import late_sources_configured, source_plan
+from prodlens.integrations._sources import resolve_late
 from prodlens.integrations.wsgi import EnvironView, enter_request, exit_request
 
 __all__ = ["TARGET", "FlaskView", "patch"]
@@ -94,8 +95,8 @@ def _flask_call(original: Any) -> Any:
 
 
 def _dispatch(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    try:
-        runtime = _runtime._current
+    with guard("Flask late sources"):
+        runtime = _runtime.current()
         # Without user/path sources there is nothing to do here: one identity check.
         if runtime.on and source_plan(runtime.settings).late:
             import flask
@@ -105,8 +106,6 @@ def _dispatch(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[s
                                     runtime.settings)
             if identity is not None:
                 apply(identity)
-    except Exception as error:
-        internal_error("Flask late sources", error)
     return wrapped(*args, **kwargs)
 
 

@@ -33,13 +33,11 @@ import unicodedata
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
 
-from opentelemetry import trace
-from opentelemetry.sdk.trace import Span
-
 from prodlens import _runtime
-from prodlens._open_spans import tag_open_ancestors
-from prodlens._safety import internal_error, log_once
-from prodlens.identity import SCOPE, apply, build, normalize_cohorts, valid_cohort_name
+from prodlens._grammar import valid_cohort_name
+from prodlens._safety import guard, log_once
+from prodlens._scope import SCOPE, apply, tag_open_spans
+from prodlens.identity import build, normalize_cohorts
 from prodlens.integrations import _patching
 
 if TYPE_CHECKING:
@@ -111,9 +109,9 @@ def _served(details: FlagEvaluationDetails[Any]) -> object | None:
 
 def record(flag_key: str, served: object) -> None:
     """Record ``served`` as the cohort of flag ``flag_key``. Never raises."""
-    try:
+    with guard("OpenFeature hook"):
         runtime = _runtime.current()
-        if not runtime.enabled or served is None or not isinstance(flag_key, str):
+        if not runtime.on or served is None or not isinstance(flag_key, str):
             return
         name = flag_cohort_name(flag_key)
         if name is None:
@@ -121,18 +119,16 @@ def record(flag_key: str, served: object) -> None:
                      "prodlens: flag key %r has no usable cohort name; not recorded",
                      flag_key[:64])
             return
-        cohorts = normalize_cohorts([(name, served)], where="OpenFeature hook")
+        settings = runtime.settings
+        cohorts = normalize_cohorts([(name, served)], settings, runtime.limiter,
+                                    where="OpenFeature hook")
         if not cohorts:
             return
-        update = build(None, cohorts, False)
+        update = build(None, cohorts, False, settings)
         if SCOPE.get() is not None:
             apply(update)  # joins the request's identity: later spans carry it too
             return
-        span = trace.get_current_span()
-        if isinstance(span, Span) and span.is_recording():
-            tag_open_ancestors(span, update.attributes, update.customer_attribute, None, None)
-    except Exception as error:
-        internal_error("OpenFeature hook", error)
+        tag_open_spans(update, None)  # outside any scope: the open spans only
 
 
 class ProdlensHook(Hook):
@@ -156,10 +152,8 @@ class ProdlensHook(Hook):
         details: FlagEvaluationDetails[FlagValueType],
         hints: HookHints,
     ) -> None:
-        try:
+        with guard("OpenFeature hook"):  # never into the evaluation
             record(hook_context.flag_key, _served(details))
-        except Exception as error:  # never into the evaluation
-            internal_error("OpenFeature hook", error)
 
 
 _lock = threading.Lock()

@@ -36,9 +36,9 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from prodlens import _runtime
-from prodlens._safety import internal_error
+from prodlens._safety import guard
+from prodlens._scope import current
 from prodlens.baggage import may_hold_prodlens, merge_header, strip_members
-from prodlens.identity import current
 from prodlens.integrations import _patching
 
 __all__ = ["PATCHES", "baggage_for", "host_matches"]
@@ -97,7 +97,7 @@ def baggage_for(host: str | None, existing: str | None) -> str | None:
     baggage, or app code set in the context, never pass through.
     """
     runtime = _runtime.current()
-    if not runtime.enabled:
+    if not runtime.on:
         return None
     if host_matches(host, runtime.settings.propagate_to):
         identity = current()
@@ -114,7 +114,7 @@ def baggage_for(host: str | None, existing: str | None) -> str | None:
 
 def _urllib3_request(wrapped: Any, instance: Any, args: tuple[Any, ...],
                      kwargs: dict[str, Any]) -> Any:
-    try:
+    with guard("outbound baggage (urllib3)"):
         url = args[1] if len(args) > 1 else kwargs.get("url", "")
         if isinstance(url, str) and "://" in url:  # absolute form (through a proxy)
             host = urlsplit(url).hostname
@@ -137,8 +137,6 @@ def _urllib3_request(wrapped: Any, instance: Any, args: tuple[Any, ...],
                 args = (*args[:3], new_headers, *args[4:])
             else:
                 kwargs = {**kwargs, "headers": new_headers}
-    except Exception as error:
-        internal_error("outbound baggage (urllib3)", error)
     return wrapped(*args, **kwargs)
 
 
@@ -151,7 +149,7 @@ def patch_urllib3(module: ModuleType) -> None:
 
 
 def _httpcore_update(request: Any) -> None:
-    try:
+    with guard("outbound baggage (httpx)"):
         host_raw = request.url.host
         host = host_raw.decode("ascii", "replace") if isinstance(host_raw, bytes) else host_raw
         headers = list(request.headers)
@@ -165,8 +163,6 @@ def _httpcore_update(request: Any) -> None:
         if value:
             headers.append((b"baggage", value.encode("ascii", "replace")))
         request.headers = headers
-    except Exception as error:
-        internal_error("outbound baggage (httpx)", error)
 
 
 def _httpcore_sync(wrapped: Any, instance: Any, args: tuple[Any, ...],
@@ -192,7 +188,7 @@ def patch_httpcore(module: ModuleType) -> None:
 
 async def _aiohttp_send(wrapped: Any, instance: Any, args: tuple[Any, ...],
                         kwargs: dict[str, Any]) -> Any:
-    try:
+    with guard("outbound baggage (aiohttp)"):
         headers = instance.headers
         found = headers.getall("baggage", ())
         value = baggage_for(instance.url.host, ",".join(found) if found else None)
@@ -200,8 +196,6 @@ async def _aiohttp_send(wrapped: Any, instance: Any, args: tuple[Any, ...],
             headers.popall("baggage", None)
             if value:
                 headers["baggage"] = value
-    except Exception as error:
-        internal_error("outbound baggage (aiohttp)", error)
     return await wrapped(*args, **kwargs)
 
 

@@ -31,9 +31,9 @@ from types import ModuleType
 from typing import Any, Final
 
 from prodlens import _runtime
-from prodlens._safety import internal_error
+from prodlens._safety import guard
 from prodlens.integrations import _patching
-from prodlens.integrations._sources import late_sources_configured, source_plan
+from prodlens.integrations._plan import late_sources_configured, source_plan
 from prodlens.integrations.asgi import apply_late, asgi_call, wrap_app_call
 
 __all__ = ["PATCHES", "TARGET", "patch", "patch_fastapi"]
@@ -43,13 +43,11 @@ TARGET: Final = "starlette"
 
 def _handle(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Route.handle(scope, receive, send): the request is routed, middleware has run."""
-    try:
-        runtime = _runtime._current
+    late = False
+    with guard("Starlette late sources"):
+        runtime = _runtime.current()
         # Without user/path sources there is nothing to do here: one identity check.
         late = runtime.on and source_plan(runtime.settings).late
-    except Exception as error:
-        internal_error("Starlette late sources", error)
-        late = False
     if late:
         scope = args[0] if args else kwargs.get("scope")
         if scope.__class__ is dict or isinstance(scope, MutableMapping):

@@ -22,8 +22,6 @@ returned, are not tagged (the scope ends when the application returns).
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any, Final
 
@@ -31,20 +29,19 @@ from opentelemetry.context import detach as _otel_detach
 from opentelemetry.context import get_current as _otel_context
 
 from prodlens import _runtime
-from prodlens._safety import internal_error
-from prodlens.baggage import may_hold_prodlens, strip_current_context
-from prodlens.identity import SCOPE, Scope, close_scope, merge
-from prodlens.integrations._sources import (
+from prodlens._safety import guard
+from prodlens._scope import ScopeToken, close_scope, open_scope
+from prodlens.baggage import may_hold_prodlens, strip_current_context, strip_members
+from prodlens.identity import merge
+from prodlens.integrations._plan import source_plan
+from prodlens.integrations._readers import (
     MAX_COOKIE_CHARS,
     MAX_QUERY_CHARS,
     cookie_value,
     environ_key,
     query_value,
-    resolve_early,
-    resolve_late,
-    source_plan,
-    strip_prodlens_members,
 )
+from prodlens.integrations._sources import resolve_early, resolve_headers, resolve_late
 
 __all__ = ["EnvironView", "ProdlensMiddleware", "enter_request", "environ_key", "exit_request"]
 
@@ -56,19 +53,6 @@ WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 ENVIRON_KEY: Final = "prodlens.scope"
 #: The token of a context attached without a client's prodlens baggage, detached at the end.
 _CONTEXT_KEY: Final = "prodlens.context"
-
-#: Header name -> environ key, computed once per name (names come from the settings: bounded).
-_ENVIRON_KEYS: dict[str, str] = {}
-
-
-def _environ_key(name: str) -> str:
-    key = _ENVIRON_KEYS.get(name)
-    if key is None:
-        key = environ_key(name)
-        if len(_ENVIRON_KEYS) < 1024:
-            _ENVIRON_KEYS[name] = key
-    return key
-
 
 def _wsgi_text(value: object) -> str | None:
     """A WSGI header value (latin-1 "bytes as str" per PEP 3333) read as UTF-8 where possible."""
@@ -97,7 +81,7 @@ class EnvironView:
         self.environ = environ
 
     def header(self, name: str) -> str | None:
-        value = self.environ.get(_ENVIRON_KEYS.get(name) or _environ_key(name))
+        value = self.environ.get(environ_key(name))
         if value.__class__ is str and value.isascii():  # the common case, without a call
             return value
         return _wsgi_text(value)
@@ -124,12 +108,12 @@ class EnvironView:
 
 def enter_request(
     environ: Environ, *, with_remote_user: bool
-) -> contextvars.Token[Scope | None] | None:
+) -> ScopeToken | None:
     """Open the request's scope with its early identity; None when prodlens is off or a scope is
     already open for this environ. Strips prodlens members from inbound baggage once read.
     Never raises."""
-    try:
-        runtime = _runtime._current
+    with guard("WSGI request start"):
+        runtime = _runtime.current()
         if not runtime.on or ENVIRON_KEY in environ:
             return None
         settings = runtime.settings
@@ -137,43 +121,40 @@ def enter_request(
         headers = plan.headers
         if headers is not None:
             # Header-only sources: the identity is cached by the raw environ values.
-            identity = headers.resolve(tuple(map(environ.get, headers.environ_keys)),
+            identity = resolve_headers(headers, tuple(map(environ.get, headers.environ_keys)),
                                        EnvironView, environ)
         else:
             identity = resolve_early(EnvironView(environ), settings)
         if with_remote_user and plan.late:
             late = resolve_late(EnvironView(environ), settings)
             if late is not None:
-                identity = merge(identity, late)
+                identity = merge(identity, late, settings)
         header = environ.get("HTTP_BAGGAGE")
         if header.__class__ is str and header and may_hold_prodlens(header):
             # Whether read as a source or not, prodlens members a client sent go no further:
             # OpenTelemetry's propagator would put them in the context, and from there into
             # every outgoing request and message.
-            environ["HTTP_BAGGAGE"] = strip_prodlens_members(header)
+            environ["HTTP_BAGGAGE"] = strip_members(header)
         if _otel_context():  # an empty context holds no baggage: the common case, one call
             stripped = strip_current_context()
             if stripped is not None:
                 environ[_CONTEXT_KEY] = stripped
         environ[ENVIRON_KEY] = True
-        return SCOPE.set(Scope(identity, None, SCOPE.get()))  # open_scope(identity), inlined
-    except Exception as error:
-        internal_error("WSGI request start", error)
-        with contextlib.suppress(Exception):  # no exit_request will run for it: detach now
-            _detach_stripped(environ)
-        return None
+        return open_scope(identity)
+    # Reached only when the block above failed: no exit_request will run for it, detach now.
+    with guard("WSGI request start"):
+        _detach_stripped(environ)
+    return None
 
 
-def exit_request(environ: Environ, token: contextvars.Token[Scope | None] | None) -> None:
+def exit_request(environ: Environ, token: ScopeToken | None) -> None:
     """Close a scope opened by :func:`enter_request`. Never raises."""
     if token is None:
         return
-    try:
+    with guard("WSGI request end"):
         close_scope(token)
         environ.pop(ENVIRON_KEY, None)
         _detach_stripped(environ)
-    except Exception as error:
-        internal_error("WSGI request end", error)
 
 
 def _detach_stripped(environ: Environ) -> None:

@@ -1,7 +1,7 @@
 """Cohort signals: RED metrics by cohort, cohort-aware sampling, refresh-storm tagging.
 
-Importing this package registers the metrics processor with ``prodlens.configure()`` (which
-imports it), so configured providers get it when ``PRODLENS_METRICS`` is on.
+``prodlens.configure()`` attaches the metrics processor itself when ``PRODLENS_METRICS`` is on;
+importing this package registers nothing.
 
 Example::
 

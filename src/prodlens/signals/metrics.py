@@ -51,39 +51,36 @@ provider::
 
 from __future__ import annotations
 
-import heapq
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from operator import itemgetter
+from collections.abc import Iterable
 from typing import Final
 
 from opentelemetry import metrics
 from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Histogram, MeterProvider, Observation
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from prodlens import _runtime, attributes
-from prodlens._configure import register_processor_factory
-from prodlens._safety import internal_error
+from prodlens._safety import guard, internal_error
 from prodlens._stamp import attribute_dict
-from prodlens.config import Settings
-from prodlens.pseudonym import compute_pseudonym
-from prodlens.signals._kinds import CONSUMER as _CONSUMER
-from prodlens.signals._kinds import ERROR as _ERROR
-from prodlens.signals._kinds import SERVER as _SERVER
+from prodlens.signals._layouts import (
+    Derived,
+    Layout,
+    customer_label,
+    derive,
+)
 from prodlens.signals._series import Point, Series, SeriesTable
-from prodlens.signals.storms import RepeatTracker, StormTagger
+from prodlens.signals.storms import RepeatTracker, StormTagger, is_request_root
 
-__all__ = ["DURATION_BUCKETS", "CohortMetricsProcessor", "TopCustomers", "processor_factory"]
+__all__ = ["DURATION_BUCKETS", "CohortMetricsProcessor"]
 
 #: Semantic-conventions buckets for ``http.server.request.duration`` (seconds).
 DURATION_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
                            5.0, 7.5, 10.0)
-_STATUS_KEYS: Final = ("http.response.status_code", "http.status_code")
 _STATUS_CLASSES: Final = {n: f"{n}xx" for n in range(1, 6)}
 _TRUE: Final = "true"
 #: ``http.route`` of a server span that has none (unrouted: one series, whatever the path).
@@ -92,144 +89,11 @@ _FALSE: Final = "false"
 
 
 
-class TopCustomers:
-    """The K busiest customers by request count (Space-Saving sketch; bounded, thread-safe).
-
-    Counts are kept for at most ``8 * k`` customers (at least 64); when a new customer arrives
-    and the table is full, it replaces the least-counted one and inherits its count (the
-    Space-Saving algorithm, whose top entries are the true heavy hitters). The top-K set is
-    recomputed after 1, 2, 4 … 1024 observations, then every 1024.
-
-    Example::
-
-        >>> top = TopCustomers(1)
-        >>> [top.label(c) for c in ("acme", "acme", "globex")]
-        ['acme', 'acme', '__other__']
-    """
-
-    def __init__(self, k: int) -> None:
-        self._k = k
-        self._capacity = max(8 * k, 64)
-        self._counts: dict[str, int] = {}
-        self._top: frozenset[str] = frozenset()
-        self._seen = 0
-        self._lock = threading.Lock()
-
-    def label(self, customer: str) -> str:
-        """Observe one request of ``customer``; its metric label (itself or ``__other__``)."""
-        with self._lock:
-            counts = self._counts
-            if customer in counts:
-                counts[customer] += 1
-            elif len(counts) < self._capacity:
-                counts[customer] = 1
-            else:
-                smallest = min(counts, key=counts.__getitem__)
-                counts[customer] = counts.pop(smallest) + 1
-            self._seen += 1
-            seen = self._seen
-            if seen & 1023 == 0 or (seen < 1024 and seen & (seen - 1) == 0):
-                self._top = frozenset(heapq.nlargest(self._k, counts, key=counts.__getitem__))
-        return customer if customer in self._top else attributes.OTHER_VALUE
-
-
-#: Distinct attribute-key orders of request roots remembered (a handful per application).
-MAX_LAYOUTS: Final = 64
-#: Request shapes (raw attribute values -> series) remembered; the table is emptied when full.
-MAX_SHAPES: Final = 4096
 #: Durations waiting for the next collection; past it, a duration is recorded at once.
 MAX_PENDING_DURATIONS: Final = 4096
 #: Durations are recorded outside any span (no exemplars: see the module docstring). Not an
 #: empty Context: the SDK takes ``context or get_current()``, and an empty one is falsy.
 _NO_CONTEXT: Final = Context({"prodlens.metrics": True})
-
-
-class _Layout:
-    """How to read the metric attributes of root spans whose attribute keys come in one order.
-
-    Built once per distinct key tuple (one per framework and identity shape, in practice): the
-    cohort keys (sorted by name), which route and HTTP status keys are there, where the repeat
-    count and the customer are, and one getter that reads them all.
-    """
-
-    __slots__ = ("cohorts", "customer_at", "pseudonymous", "read", "repeat_at", "route_at",
-                 "status_at", "width")
-
-    def __init__(self, keys: tuple[str, ...], derived: _Derived) -> None:
-        present = set(keys)
-        self.cohorts = tuple(sorted(k for k in present if k.startswith(derived.prefix)))
-        read = list(self.cohorts)
-        self.route_at = self.status_at = self.repeat_at = self.customer_at = -1
-        if attributes.METRIC_ROUTE in present:
-            self.route_at = len(read)
-            read.append(attributes.METRIC_ROUTE)
-        status_key = next((k for k in _STATUS_KEYS if k in present), None)
-        if status_key is not None:
-            self.status_at = len(read)
-            read.append(status_key)
-        #: Values up to here identify the series; the rest are read for other uses.
-        self.width = len(read)
-        if attributes.REPEAT_COUNT_ATTRIBUTE in present:
-            self.repeat_at = len(read)
-            read.append(attributes.REPEAT_COUNT_ATTRIBUTE)
-        self.pseudonymous = attributes.PSEUDONYM_ATTRIBUTE in present
-        if derived.per_customer:
-            customer_key = (derived.customer_attribute if derived.customer_attribute in present
-                            else attributes.PSEUDONYM_ATTRIBUTE if self.pseudonymous else None)
-            if customer_key is not None:
-                self.customer_at = len(read)
-                read.append(customer_key)
-        self.read: Callable[[Mapping[str, AttributeValue]], tuple[AttributeValue, ...]]
-        if len(read) > 1:
-            self.read = itemgetter(*read)
-        elif read:
-            only = read[0]
-            self.read = lambda attrs: (attrs[only],)
-        else:
-            self.read = lambda attrs: ()
-
-
-@dataclass(frozen=True, eq=False)
-class _Derived:
-    """What the processor reads per request, derived once per settings generation.
-
-    Also holds the per-generation caches (bounded): attribute layouts by key tuple, and the
-    series of each request shape, so a request seen before costs a few dict look-ups. A
-    settings change starts empty caches, so no cached budget decision outlives its settings.
-    """
-
-    generation: int
-    prefix: str
-    customer_attribute: str
-    listed: frozenset[str]
-    listed_pseudonyms: frozenset[str]
-    top: TopCustomers | None
-    threshold: int
-    layouts: dict[tuple[str, ...], _Layout] = field(default_factory=dict)
-    shapes: dict[tuple[object, ...], Series] = field(default_factory=dict)
-
-    @property
-    def per_customer(self) -> bool:
-        return bool(self.listed) or self.top is not None
-
-    def layout(self, keys: tuple[str, ...]) -> _Layout:
-        """The layout for ``keys`` (built and remembered on first sight)."""
-        found = self.layouts.get(keys)
-        if found is None:
-            found = _Layout(keys, self)
-            if len(self.layouts) >= MAX_LAYOUTS:
-                self.layouts.clear()
-            self.layouts[keys] = found
-        return found
-
-
-def _derive(settings: Settings, generation: int) -> _Derived:
-    listed = frozenset(settings.metrics_customers)
-    key = settings.pseudonym_key
-    pseudonyms = frozenset(compute_pseudonym(c, key) for c in listed) if key else frozenset()
-    top = TopCustomers(settings.metrics_top_customers) if settings.metrics_top_customers else None
-    return _Derived(generation, settings.cohort_prefix, settings.customer_attribute, listed,
-                    pseudonyms, top, settings.storm_threshold)
 
 
 class CohortMetricsProcessor(SpanProcessor):
@@ -297,7 +161,7 @@ class CohortMetricsProcessor(SpanProcessor):
         self.storms = StormTagger(repeat_tracker) if storms else None
         #: (seconds, attribute set) per request, recorded into the histogram at collection.
         self._pending_durations: deque[tuple[float, Point]] = deque()
-        self._derived: _Derived | None = None
+        self._derived: Derived | None = None
         #: The last span resource seen and its service.name (one per tracer provider).
         self._service_of: tuple[Resource | None, AttributeValue | None] = (None, None)
         self._lock = threading.Lock()
@@ -337,17 +201,15 @@ class CohortMetricsProcessor(SpanProcessor):
     def _observe_requests(self, options: CallbackOptions) -> Iterable[Observation]:
         # The SDK runs the asynchronous instruments' callbacks before it reads the synchronous
         # ones, so durations flushed here are in this very collection.
-        try:
+        with guard("cohort metrics: durations"):
             self.flush_durations()
-        except Exception as error:
-            internal_error("cohort metrics: durations", error)
         return [Observation(requests, point) for point, requests, _ in self._series.snapshot()]
 
     def _observe_repeats(self, options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(repeats, point) for point, _, repeats in self._series.snapshot()
                 if repeats]
 
-    def _settings(self) -> _Derived:
+    def _settings(self) -> Derived:
         runtime = _runtime.current()
         derived = self._derived
         if derived is not None and derived.generation == runtime.generation:
@@ -355,7 +217,7 @@ class CohortMetricsProcessor(SpanProcessor):
         with self._lock:
             derived = self._derived
             if derived is None or derived.generation != runtime.generation:
-                derived = self._derived = _derive(runtime.settings, runtime.generation)
+                derived = self._derived = derive(runtime.settings, runtime.generation)
                 self._series.limit = runtime.settings.metrics_max_series
             return derived
 
@@ -364,21 +226,16 @@ class CohortMetricsProcessor(SpanProcessor):
         if storms is None:
             return
         try:
-            if _runtime._current.on:
+            if _runtime.current().on:
                 storms.start(span)
         except Exception as error:
             internal_error("storm tracking", error)
 
     def on_end(self, span: ReadableSpan) -> None:
-        try:
-            # storms.is_request_root, inlined; cheapest tests first: most spans are children.
-            parent = span.parent
-            if parent is not None and not parent.is_remote:
+        try:  # per span: see ProdlensSpanProcessor.on_start on guard
+            if not is_request_root(span):  # most spans are children: the cheapest test first
                 return
-            kind = span.kind
-            if kind is not _SERVER and kind is not _CONSUMER:
-                return
-            runtime = _runtime._current
+            runtime = _runtime.current()
             if not runtime.on:
                 return
             derived = self._derived
@@ -388,7 +245,7 @@ class CohortMetricsProcessor(SpanProcessor):
         except Exception as error:
             internal_error("cohort metrics", error)
 
-    def _record(self, span: ReadableSpan, derived: _Derived) -> None:
+    def _record(self, span: ReadableSpan, derived: Derived) -> None:
         attrs = attribute_dict(span)
         # An ended span's attribute keys iterate as a plain dict: one tuple, one look-up.
         keys = tuple(attrs)
@@ -396,19 +253,19 @@ class CohortMetricsProcessor(SpanProcessor):
         if layout is None:
             layout = derived.layout(keys)
         values = layout.read(attrs)
-        error = span.status.status_code is _ERROR
+        error = span.status.status_code is StatusCode.ERROR
         resource = span.resource
         service_of = self._service_of  # one read: another provider's thread may replace it
         if service_of[0] is not resource:
             service_of = self._service_of = (
                 resource, resource.attributes.get(attributes.METRIC_SERVICE))
         service = service_of[1]
-        label = (self._customer_label(derived, layout, values) if layout.customer_at >= 0
+        label = (customer_label(derived, layout, values) if layout.customer_at >= 0
                  else attributes.OTHER_VALUE if derived.per_customer else None)
         identifying = values[:layout.width] if layout.width < len(values) else values
         # A consumer's name stands in for its missing route, so it is part of the shape then.
         named = (layout.route_at < 0 or values[layout.route_at] is None) \
-            and span.kind is _CONSUMER
+            and span.kind is SpanKind.CONSUMER
         shape = (layout, identifying, span.name if named else None, error, service, label)
         try:
             series = derived.shapes.get(shape)
@@ -418,10 +275,7 @@ class CohortMetricsProcessor(SpanProcessor):
         if series is None:
             series = self._series_of(span, derived, layout, values, error, service, label)
             if cacheable:
-                shapes = derived.shapes
-                if len(shapes) >= MAX_SHAPES:
-                    shapes.clear()
-                shapes[shape] = series
+                derived.remember(shape, series)
         repeated = False
         storms = self.storms
         if storms is not None:
@@ -447,14 +301,14 @@ class CohortMetricsProcessor(SpanProcessor):
                 else:  # nobody collects (or not often enough): record now, memory stays bounded
                     duration.record(seconds, series.attributes, context=_NO_CONTEXT)
 
-    def _series_of(self, span: ReadableSpan, derived: _Derived, layout: _Layout,
+    def _series_of(self, span: ReadableSpan, derived: Derived, layout: Layout,
                    values: tuple[AttributeValue, ...], error: bool,
                    service: AttributeValue | None, label: str | None) -> Series:
         """The series of a request shape not seen before (builds its attribute set)."""
         items: list[tuple[str, AttributeValue]] = list(zip(layout.cohorts, values, strict=False))
         route = values[layout.route_at] if layout.route_at >= 0 else None
         if route is None:
-            route = span.name if span.kind is _CONSUMER else UNMATCHED_ROUTE
+            route = span.name if span.kind is SpanKind.CONSUMER else UNMATCHED_ROUTE
         items.append((attributes.METRIC_ROUTE, route))
         error_text = _TRUE if error else _FALSE
         items.append((attributes.METRIC_ERROR, error_text))
@@ -468,29 +322,13 @@ class CohortMetricsProcessor(SpanProcessor):
             items.append((attributes.METRIC_CUSTOMER, label))
         return self._series.get(tuple(items), error_text)
 
-    @staticmethod
-    def _customer_label(derived: _Derived, layout: _Layout,
-                        values: tuple[AttributeValue, ...]) -> str:
-        value = values[layout.customer_at]
-        customer = value if isinstance(value, str) else str(value)
-        listed = derived.listed_pseudonyms if layout.pseudonymous else derived.listed
-        if customer in listed:
-            return customer
-        if derived.top is not None:
-            return derived.top.label(customer)
-        return attributes.OTHER_VALUE
-
     def shutdown(self) -> None:
-        try:
+        with guard("cohort metrics: durations"):
             self.flush_durations()
-        except Exception as error:
-            internal_error("cohort metrics: durations", error)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        try:
+        with guard("cohort metrics: durations"):
             self.flush_durations()
-        except Exception as error:
-            internal_error("cohort metrics: durations", error)
         return True
 
 
@@ -500,14 +338,3 @@ def _status_class(status: AttributeValue) -> str | None:
     except (TypeError, ValueError):
         return None
     return _STATUS_CLASSES.get(code // 100)
-
-
-def processor_factory(settings: Settings, provider: TracerProvider) -> SpanProcessor | None:
-    """The processor ``prodlens.configure()`` attaches: metrics (with storms) when
-    ``PRODLENS_METRICS`` is on, recording through the global meter provider."""
-    if not settings.metrics:
-        return None
-    return CohortMetricsProcessor(duration=settings.metrics_duration)
-
-
-register_processor_factory(processor_factory)

@@ -52,18 +52,12 @@ from opentelemetry.util.types import Attributes
 
 from prodlens import _runtime
 from prodlens._safety import internal_error, log_once
+from prodlens._scope import SCOPE
 from prodlens.config import ConfigError, Settings, load_settings
-from prodlens.identity import SCOPE
 from prodlens.pseudonym import compute_pseudonym
-from prodlens.signals._kinds import CONSUMER as _CONSUMER
-from prodlens.signals._kinds import SERVER as _SERVER
 
 __all__ = ["ProdlensSampler", "TokenBucket", "sampler_factory"]
 
-#: Enum members as module constants (see prodlens.signals._kinds).
-_RECORD_AND_SAMPLE: Final = Decision.RECORD_AND_SAMPLE
-_RECORD_ONLY: Final = Decision.RECORD_ONLY
-_DROP: Final = Decision.DROP
 _TRACE_ID_MASK: Final = TraceIdRatioBased.TRACE_ID_LIMIT
 
 
@@ -248,8 +242,8 @@ class ProdlensSampler(Sampler):
         try:
             if parent.is_valid and not parent.is_remote:
                 # A local child follows its parent: never a partial trace.
-                decision = (_RECORD_AND_SAMPLE if parent.trace_flags.sampled
-                            else _DROP)
+                decision = (Decision.RECORD_AND_SAMPLE if parent.trace_flags.sampled
+                            else Decision.DROP)
                 return SamplingResult(decision, attributes, parent_state)
             policy = self.policy()
             if parent.is_valid:
@@ -259,22 +253,22 @@ class ProdlensSampler(Sampler):
                     policy.watching and self._watched(policy) and self._bucket.take()
                 )
             if sampled:
-                return SamplingResult(_RECORD_AND_SAMPLE, attributes, parent_state)
-            if policy.record_unsampled_roots and (kind is _SERVER or kind is _CONSUMER):
+                return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, parent_state)
+            if policy.record_unsampled_roots and kind in (SpanKind.SERVER, SpanKind.CONSUMER):
                 # Recorded (the cohort metrics count it) but not exported; children drop.
-                return SamplingResult(_RECORD_ONLY, attributes, parent_state)
-            return SamplingResult(_DROP, None, parent_state)
+                return SamplingResult(Decision.RECORD_ONLY, attributes, parent_state)
+            return SamplingResult(Decision.DROP, None, parent_state)
         except Exception as error:
             internal_error("sampling", error)
             sampled = parent.trace_flags.sampled if parent.is_valid else True
-            return SamplingResult(_RECORD_AND_SAMPLE if sampled else _DROP,
+            return SamplingResult(Decision.RECORD_AND_SAMPLE if sampled else Decision.DROP,
                                   attributes, parent_state)
 
     @staticmethod
     def _watched(policy: _Policy) -> bool:
         scope = SCOPE.get()
         identity = None if scope is None else scope.identity
-        if identity is None or not _runtime._current.on:
+        if identity is None or not _runtime.current().on:
             return False
         if identity.customer is not None:
             customers = policy.pseudonyms if identity.pseudonymous else policy.customers

@@ -39,15 +39,14 @@ from typing import Final
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.trace import SpanKind
 from opentelemetry.util.types import AttributeValue
 
 from prodlens import _runtime, attributes
 from prodlens._open_spans import MAX_DEPTH, open_span_finder
 from prodlens._safety import internal_error, log_once
+from prodlens._scope import SCOPE
 from prodlens._stamp import attribute_dict, stamp, stamp_starting
-from prodlens.identity import SCOPE
-from prodlens.signals._kinds import CONSUMER as _CONSUMER
-from prodlens.signals._kinds import SERVER as _SERVER
 
 __all__ = ["RepeatTracker", "StormSpanProcessor", "StormTagger"]
 
@@ -157,7 +156,7 @@ def is_request_root(span: ReadableSpan) -> bool:
     if parent is not None and not parent.is_remote:
         return False
     kind = span.kind
-    return kind is _SERVER or kind is _CONSUMER
+    return kind is SpanKind.SERVER or kind is SpanKind.CONSUMER
 
 
 class _Claims(threading.local):
@@ -240,9 +239,9 @@ class StormTagger:
                 self._tag_pending_root(parent.span_id)
             return
         kind = span.kind
-        if kind is not _SERVER and kind is not _CONSUMER:
+        if kind is not SpanKind.SERVER and kind is not SpanKind.CONSUMER:
             return
-        if _runtime._current.generation != self._generation:
+        if _runtime.current().generation != self._generation:
             self._refresh()
         if not self._enabled:
             return
@@ -271,7 +270,7 @@ class StormTagger:
         route = attrs.get(_ROUTE)
         if route is None:
             # A consumer span's name is its destination or task ("run/app.tasks.send"): stable.
-            if span.kind is not _CONSUMER:
+            if span.kind is not SpanKind.CONSUMER:
                 return False
             route = span.name
         # The same pair as count_untagged (text), whatever type the attribute had.
@@ -365,14 +364,14 @@ class StormSpanProcessor(SpanProcessor):
         self.tagger = StormTagger(tracker)
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        try:
-            if _runtime._current.on:
+        try:  # per span: see ProdlensSpanProcessor.on_start on guard
+            if _runtime.current().on:
                 self.tagger.start(span)
         except Exception as error:
             internal_error("storm tracking", error)
 
     def on_end(self, span: ReadableSpan) -> None:
-        try:
+        try:  # per span: see ProdlensSpanProcessor.on_start on guard
             self.tagger.forget(span)
         except Exception as error:
             internal_error("storm tracking", error)

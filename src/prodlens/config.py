@@ -58,9 +58,11 @@ __all__ = [
 
 ENV_PREFIX: Final = "PRODLENS_"
 COHORT_SOURCE_RE: Final = re.compile(r"^PRODLENS_COHORT_([A-Z0-9_.]+)_FROM$")
-#: Variables under these prefixes belong to tools around prodlens (the CI's end-to-end test),
-#: not to its settings: they are never reported as unknown.
-FOREIGN_PREFIXES: Final = ("PRODLENS_E2E_",)
+#: Variables under these prefixes belong to tools around the in-app library, not to its
+#: settings: the notification targets of ``prodlens watch`` and ``prodlens notify`` (read by
+#: ``prodlens.incidents`` and ``prodlens.alerting``) and the CI's end-to-end test. They are never
+#: reported as unknown.
+FOREIGN_PREFIXES: Final = ("PRODLENS_NOTIFY_", "PRODLENS_E2E_")
 #: The integrations ``ProdlensInstrumentor`` can patch, by the name
 #: ``PRODLENS_DISABLED_INTEGRATIONS`` uses (each is ``prodlens.integrations.<name>``).
 INTEGRATION_NAMES: Final = (

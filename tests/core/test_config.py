@@ -111,3 +111,17 @@ def test_noop_global_provider_warns_once_and_tags_nothing():
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("no-op proxy") == 1
     assert "opentelemetry-distro" in result.stderr
+
+
+def test_the_notification_variables_of_watch_and_notify_are_not_unknown_settings():
+    # PRODLENS_NOTIFY_* configure `prodlens watch` / `prodlens notify`, not the in-app library:
+    # an app that shares their environment must not be warned about them.
+    from prodlens.config import read_environment
+
+    _, problems = read_environment({
+        "PRODLENS_NOTIFY_URL": "http://127.0.0.1:9/hook",
+        "PRODLENS_NOTIFY_CUSTOMERS_URL": "http://127.0.0.1:9/customers",
+        "PRODLENS_NOTIFY_TOKEN": "secret",
+        "PRODLENS_NOTIFI_URL": "http://127.0.0.1:9/typo",
+    })
+    assert [problem.variable for problem in problems] == ["PRODLENS_NOTIFI_URL"]

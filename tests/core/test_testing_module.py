@@ -11,6 +11,7 @@ from prodlens import _runtime
 from prodlens._safety import log_once
 from prodlens.testing import reset, traced
 
+
 def test_fixture_gives_a_configured_provider_exporting_to_memory(prodlens_traced):
     with prodlens.tag("acme", plan="pro"), prodlens_traced.tracer.start_as_current_span("work"):
         pass

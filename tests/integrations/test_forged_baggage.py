@@ -18,8 +18,12 @@ from urllib.parse import quote, urlsplit
 import pytest
 from asgi_servers import serve_asgi
 from opentelemetry import baggage as otel_baggage
-from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware as ASGIOpenTelemetryMiddleware
-from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware as WSGIOpenTelemetryMiddleware
+from opentelemetry.instrumentation.asgi import (
+    OpenTelemetryMiddleware as ASGIOpenTelemetryMiddleware,
+)
+from opentelemetry.instrumentation.wsgi import (
+    OpenTelemetryMiddleware as WSGIOpenTelemetryMiddleware,
+)
 from opentelemetry.sdk.trace import TracerProvider
 from servers import clean_env, echo_baggage_app, free_port, run_instrumented, serve_wsgi
 

@@ -12,9 +12,8 @@ from typing import Any
 
 import pytest
 
-from prodlens import _runtime
+from prodlens import _runtime, current
 from prodlens.config import Settings, load_settings
-from prodlens import current
 from prodlens.integrations import asgi, wsgi
 from prodlens.integrations._plan import (
     MAX_CACHED_IDENTITIES,

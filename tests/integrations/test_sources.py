@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from prodlens import _runtime
-from prodlens.config import Settings, load_settings
 from prodlens.baggage import strip_members as strip_prodlens_members
+from prodlens.config import Settings, load_settings
 from prodlens.integrations._plan import needs_late, uses_baggage
 from prodlens.integrations._readers import bearer_claims, claim, cookie_value, query_value
 from prodlens.integrations._sources import resolve_early, resolve_late

@@ -182,3 +182,24 @@ def test_inbound_baggage_identity_is_used_then_kept_from_other_destinations(
     assert status == 200
     assert body == {"context": {"other": "1"}, "matching": "other=1," + EXPECTED,
                     "other": "other=1"}
+
+
+@pytest.mark.parametrize("get", CLIENTS, ids=lambda f: f.__name__[4:])
+def test_a_failing_rewrite_sends_no_baggage_rather_than_an_unchecked_header(
+        clients: Any, get: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Fail closed: if prodlens cannot decide what to send, a header that may carry a client's
+    # prodlens.* members does not go out as it came.
+    from prodlens.integrations import outbound
+
+    def broken(*args: Any) -> str:
+        raise RuntimeError("rewrite failed")
+
+    monkeypatch.setattr(outbound, "merge_header", broken)
+    monkeypatch.setattr(outbound, "strip_members", broken)
+    matching, other = clients
+    forged = {"baggage": "a=1,prodlens.customer=forged"}
+    assert get(matching + "/echo", forged) is None
+    assert get(other + "/echo", forged) is None
+    with prodlens.tag("acme", plan="pro"):
+        assert get(matching + "/echo", forged) is None
+    assert get(matching + "/echo", {"baggage": "a=1"}) == "a=1"  # nothing to check: unchanged

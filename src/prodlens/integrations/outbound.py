@@ -95,7 +95,16 @@ def baggage_for(host: str | None, existing: str | None) -> str | None:
     members, only when it had some. So no ``prodlens.*`` member leaves the process unless
     prodlens wrote it from this request's identity: members a client forged into inbound
     baggage, or app code set in the context, never pass through.
+
+    Fails closed: if deciding raises, the request goes out with no ``baggage`` header at all
+    (``""``) rather than with one prodlens could not check.
     """
+    with guard("outbound baggage"):
+        return _rewrite(host, existing)
+    return "" if existing else None
+
+
+def _rewrite(host: str | None, existing: str | None) -> str | None:
     runtime = _runtime.current()
     if not runtime.on:
         return None

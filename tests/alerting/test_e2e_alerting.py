@@ -51,6 +51,7 @@ def _customers(recorder: Recorder, status: str) -> list[str]:
             for customer in body["customers"]]
 
 
+@pytest.mark.slow
 def test_planted_failure_alerts_and_messages_exactly_the_affected_customers(
         tmp_path: Path) -> None:
     recorder = Recorder()

@@ -16,6 +16,7 @@ pytest.importorskip("prodlens.demo.shop")
 PLANTED_LABEL = "prodlens.cohort.new_checkout=on ∧ prodlens.cohort.region=eu-west"
 
 
+@pytest.mark.slow
 def test_live_demo_finds_the_outage_messages_the_customers_and_resolves(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "prodlens", "demo", "--live"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=280)

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from span_writer import T0, SpanWriter, planted
 from webhook_receiver import Receiver
 
@@ -55,6 +56,7 @@ def _pending(path: Path) -> int:
         return len(ledger.pending())
 
 
+@pytest.mark.slow
 def test_kill_9_and_restart_and_receiver_down_deliver_everyone_once(
         tmp_path: Path, receiver: Receiver) -> None:
     spans, ledger, log = tmp_path / "spans", tmp_path / "ledger.sqlite3", tmp_path / "watch.log"

@@ -15,23 +15,18 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
+from prodlens._argtypes import number
+
 if TYPE_CHECKING:
     from prodlens.alerting.rules import RuleOptions
 
 __all__ = ["add_commands", "rule_options"]
 
 
-def _number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a number") from None
-
-
 def _ratio(text: str) -> float:
     """``0.02`` or ``2%``."""
     raw = text.strip()
-    value = _number(raw[:-1]) / 100 if raw.endswith("%") else _number(raw)
+    value = number(raw[:-1]) / 100 if raw.endswith("%") else number(raw)
     return value
 
 
@@ -52,11 +47,11 @@ def add_commands(subparsers: Any) -> None:
                        help="the short window (default: 5m)")
     rules.add_argument("--long-window", default="1h", metavar="DURATION",
                        help="the long window (default: 1h)")
-    rules.add_argument("--factor", type=_number, default=5.0,
+    rules.add_argument("--factor", type=number, default=5.0,
                        help="times the rest's failure ratio (default: 5)")
     rules.add_argument("--min-ratio", type=_ratio, default=0.02, metavar="RATIO",
                        help="least failure ratio, 0.02 or 2%% (default: 2%%)")
-    rules.add_argument("--min-rate", type=_number, default=0.05, metavar="REQ_PER_S",
+    rules.add_argument("--min-rate", type=number, default=0.05, metavar="REQ_PER_S",
                        help="least requests per second in the subgroup (default: 0.05)")
     rules.add_argument("--severity", default="page",
                        help="the alert's severity label (default: page)")

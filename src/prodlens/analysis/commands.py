@@ -19,6 +19,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
+from prodlens._argtypes import fraction, positive_count
 from prodlens.analysis._model import (
     CUSTOMER_ATTRIBUTES,
     FAILURE_RULES,
@@ -84,26 +85,6 @@ def parse_where(text: str) -> tuple[str, str, bool]:
     return key.strip(), value, equal
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a number >= 1")
-    return value
-
-
-def _alpha(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a number") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a number between 0 and 1")
-    return value
-
-
 def _add_input_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_argument_group("input")
     source.add_argument("files", nargs="*", metavar="FILE",
@@ -142,7 +123,7 @@ def _add_input_arguments(parser: argparse.ArgumentParser) -> None:
                         help="attribute holding the customer, repeatable, first present wins "
                              f"(default: {', '.join(CUSTOMER_ATTRIBUTES)}); e.g. "
                              "--customer-attribute tenant.id")
-    source.add_argument("--max-open-groups", type=_positive, default=50_000, metavar="N",
+    source.add_argument("--max-open-groups", type=positive_count, default=50_000, metavar="N",
                         help="with --failure any-span: open (trace, service) groups kept "
                              "while streaming files; bounds memory (default: 50000), e.g. "
                              "--max-open-groups 200000")
@@ -174,15 +155,15 @@ def add_commands(subparsers: Any) -> None:
     )
     _add_input_arguments(slice_parser)
     stats = slice_parser.add_argument_group("findings")
-    stats.add_argument("--min-units", type=_positive, default=20, metavar="N",
+    stats.add_argument("--min-units", type=positive_count, default=20, metavar="N",
                        help="units a subgroup needs to be tested (default: 20), e.g. "
                             "--min-units 100")
-    stats.add_argument("--min-failures", type=_positive, default=3, metavar="N",
+    stats.add_argument("--min-failures", type=positive_count, default=3, metavar="N",
                        help="failures a finding needs (default: 3), e.g. --min-failures 10")
-    stats.add_argument("--alpha", type=_alpha, default=0.01,
+    stats.add_argument("--alpha", type=fraction, default=0.01,
                        help="family-wise significance level (default: 0.01), e.g. "
                             "--alpha 0.001")
-    stats.add_argument("--max-values", type=_positive, default=50, metavar="N",
+    stats.add_argument("--max-values", type=positive_count, default=50, metavar="N",
                        help="attributes with more distinct values are skipped as ids "
                             "(default: 50), e.g. --max-values 200")
     stats.add_argument("--top-pairs", type=int, default=8, metavar="N",
@@ -198,7 +179,7 @@ def add_commands(subparsers: Any) -> None:
     stats.add_argument("--format", choices=("table", "json", "csv"), default="table",
                        help="table: fitted to the terminal (default); json: one object with "
                             "every finding; csv: one finding a row; e.g. --format json")
-    stats.add_argument("--limit", type=_positive, default=20, metavar="N",
+    stats.add_argument("--limit", type=positive_count, default=20, metavar="N",
                        help="findings shown in the table (default: 20), e.g. --limit 50")
     slice_parser.set_defaults(handler=run_slice)
 

@@ -20,6 +20,8 @@ import sys
 import threading
 from typing import Any, Final
 
+from prodlens._argtypes import fraction, positive_count, positive_number
+
 __all__ = ["add_commands", "parse_duration"]
 
 _DURATION_RE: Final = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d|w)?$")
@@ -40,36 +42,6 @@ def parse_duration(text: str) -> float:
         raise argparse.ArgumentTypeError(
             f"{text!r}: expected a positive duration such as 250ms, 10s, 5m or 1h")
     return float(match.group(1)) * _SECONDS[match.group(2)]
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a number") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a number between 0 and 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a number above 0")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a number >= 1")
-    return value
 
 
 def _add_ledger(parser: argparse.ArgumentParser) -> None:
@@ -117,18 +89,18 @@ def add_commands(subparsers: Any) -> None:
     rules.add_argument("--resolve-after", type=parse_duration, default=300.0,
                        metavar="DURATION", help="resolve an incident once its subgroup has "
                        "been healthy this long (default: 5m)")
-    rules.add_argument("--confirm", type=_count, default=3, metavar="N",
+    rules.add_argument("--confirm", type=positive_count, default=3, metavar="N",
                        help="consecutive evaluations a subgroup must fail before an incident "
                             "opens (default: 3)")
-    rules.add_argument("--alpha", type=_fraction, default=1e-5,
+    rules.add_argument("--alpha", type=fraction, default=1e-5,
                        help="significance per evaluation, Bonferroni-adjusted (default: 1e-5)")
-    rules.add_argument("--min-lift", type=_positive_float, default=2.0, metavar="X",
+    rules.add_argument("--min-lift", type=positive_number, default=2.0, metavar="X",
                        help="failure rate at least X times the rest's (default: 2)")
-    rules.add_argument("--min-delta", type=_fraction, default=0.01, metavar="P",
+    rules.add_argument("--min-delta", type=fraction, default=0.01, metavar="P",
                        help="failure rate at least P above the rest's (default: 0.01)")
-    rules.add_argument("--min-units", type=_count, default=20, metavar="N",
+    rules.add_argument("--min-units", type=positive_count, default=20, metavar="N",
                        help="units a subgroup needs in the window to be tested (default: 20)")
-    rules.add_argument("--min-failures", type=_count, default=3, metavar="N",
+    rules.add_argument("--min-failures", type=positive_count, default=3, metavar="N",
                        help="failures a subgroup needs in the window (default: 3)")
     notify = parser.add_argument_group("notification")
     notify.add_argument("--notify", action="append", default=[], metavar="URL",

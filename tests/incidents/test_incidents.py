@@ -21,6 +21,7 @@ from prodlens.incidents import (
     Deliverer,
     IncidentManager,
     Ledger,
+    LedgerError,
     NotifyOptions,
     SubgroupStats,
     format_status,
@@ -335,3 +336,11 @@ def test_customers_stream_into_the_ledger_in_chunks(tmp_path: Path) -> None:
         incident = manager.open_or_update(SUBGROUP, STATS, many(), at=T0)  # type: ignore[arg-type]
         assert incident.affected_customers == 30_000
         assert len(ledger.customers(incident.id)) == 30_000
+
+
+def test_a_closed_ledger_refuses_use_instead_of_reopening(tmp_path: Path) -> None:
+    # A connection reopened after close() would be closed by nobody (Python 3.13 warns).
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    ledger.close()
+    with pytest.raises(LedgerError, match="closed"):
+        ledger.incidents()

@@ -129,12 +129,13 @@ def test_malformed_lines_are_counted_not_fatal(tmp_path: Path) -> None:
             watcher.step()
         finally:
             writer.close()
+        status = watcher.status_line()  # reads the ledger: while it is open
     assert watcher.progress.malformed == 2
     first, second = watcher.progress.examples
     assert first.startswith(f"{spans / 'spans.jsonl'}: not JSON (")
     assert second == f"{spans / 'spans.jsonl'}: no resourceSpans list"
     assert watcher.evaluations > 5
-    assert "(2 malformed)" in watcher.status_line()
+    assert "(2 malformed)" in status
 
 
 def test_slower_than_counts_slow_units_as_failed(tmp_path: Path) -> None:

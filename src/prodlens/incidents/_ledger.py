@@ -170,6 +170,7 @@ class Ledger:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._closed = False
         try:
             if self.path.parent and not self.path.parent.exists():
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -186,8 +187,9 @@ class Ledger:
         self.close()
 
     def close(self) -> None:
-        """Close every thread's connection."""
+        """Close every thread's connection; using the ledger afterwards is a LedgerError."""
         with self._lock:
+            self._closed = True
             for connection in self._connections:
                 with contextlib.suppress(sqlite3.Error):
                     connection.close()
@@ -197,6 +199,9 @@ class Ledger:
     def _connection(self) -> sqlite3.Connection:
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is None:
+            if self._closed:
+                # Reopening here would leave a connection that nothing closes.
+                raise LedgerError(f"{self.path}: the ledger is closed")
             # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE); timeout: wait
             # for another process's write lock instead of failing at once.
             connection = sqlite3.connect(self.path, timeout=60, isolation_level=None,

@@ -2,6 +2,10 @@
 
 Contenders, each measured in its own subprocess so that peak memory (ru_maxrss) is honest:
 
+* ``read floor``: read every line as the engine does and do nothing else (on gzipped files: the
+  cost of decompressing, which the reader does on a second thread);
+* ``GzipFile read``: the same through the standard library's :class:`gzip.GzipFile` on the
+  reading thread, as the reader did before (gzipped files only);
 * ``orjson floor``: parse every line with orjson and do nothing else (the issue's floor);
 * ``msgspec floor``: decode every line into the Structs the embedded engine reads
   (``prodlens.analysis._otlp``) and do nothing else: the floor of the engine as built;
@@ -13,8 +17,10 @@ Contenders, each measured in its own subprocess so that peak memory (ru_maxrss) 
 * ``slice (baseline)``, with ``--baseline SRC``: ``prodlens slice`` from another source tree
   (``SRC/prodlens``), e.g. a copy taken before a change, for a before/after in one run.
 
-Both floors read lines the way the engine does (a 1 MiB buffer: one line is one export request,
-hundreds of KB), so a ratio to a floor measures the work past reading and parsing.
+The floors read lines the way the engine does (``prodlens.analysis._reader._open``: a 1 MiB
+buffer, as one line is one export request of hundreds of KB; gzip inflated by ISA-L on a second
+thread),
+so a ratio to a floor measures the work past reading and parsing.
 
 Data: synthetic exports written through the real SDK by ``prodlens.analysis.synthetic``
 (cached under ``--data-dir``). Run::
@@ -41,11 +47,9 @@ from pathlib import Path
 from typing import Any
 
 ATTRIBUTE = "prodlens.cohort.region"
-#: The engine's read buffer (prodlens.analysis._reader.READ_BUFFER), copied so that the orjson
-#: floor imports orjson alone and its peak RSS is orjson's.
-READ_BUFFER = 1 << 20
-CONTENDERS = ("orjson floor", "msgspec floor", "prodlens slice", "prodlens affected",
-              "duckdb group-by", "chdb group-by", "chdb load+slice")
+READ_FLOORS = ("read floor", "GzipFile read")
+CONTENDERS = ("read floor", "GzipFile read", "orjson floor", "msgspec floor", "prodlens slice",
+              "prodlens affected", "duckdb group-by", "chdb group-by", "chdb load+slice")
 BASELINE = "slice (baseline)"
 _CH_VALUE = (
     "multiIf(JSONHas(v, 'stringValue'), JSONExtractString(v, 'stringValue'), "
@@ -78,7 +82,7 @@ def _files(directory: str) -> list[str]:
 
 def run_contender(name: str, directory: str) -> dict[str, Any]:
     """Run one contender in this process; return seconds and its result summary."""
-    if name in ("orjson floor", "msgspec floor"):
+    if name in ("orjson floor", "msgspec floor", *READ_FLOORS):
         return parse_floor(name, directory)
     if name == "prodlens slice":
         from prodlens.analysis import slice_failures
@@ -130,23 +134,31 @@ def run_contender(name: str, directory: str) -> dict[str, Any]:
 
 
 def parse_floor(name: str, directory: str) -> dict[str, Any]:
-    """Read and parse every line (orjson into dicts, or msgspec into the engine's Structs)."""
+    """Read every line as the engine does, and parse it (orjson into dicts, or msgspec into the
+    engine's Structs) or not (the read floors)."""
+    from prodlens.analysis._reader import MAX_LINE_BYTES, READ_BUFFER, _open  # no orjson, msgspec
+
+    def parse(line: bytes) -> object:
+        return line
+
     if name == "orjson floor":
         import orjson
 
         parse = orjson.loads
-    else:
+    elif name == "msgspec floor":
         from prodlens.analysis._otlp import decoder
 
         parse = decoder().decode
     start = time.perf_counter()
     lines = 0
     for path in _files(directory):
-        raw = open(path, "rb", buffering=READ_BUFFER)  # noqa: SIM115 - closed below
-        # a gzipped copy is read as the engine reads it: GzipFile over the buffered file
-        stream = gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw
+        if name == "GzipFile read":
+            raw = open(path, "rb", buffering=READ_BUFFER)  # noqa: SIM115 - closed below
+            stream: Any = gzip.GzipFile(fileobj=raw, mode="rb")
+        else:
+            stream, raw = _open(path)
         with raw, stream:
-            for line in stream:
+            while line := stream.readline(MAX_LINE_BYTES + 1):
                 parse(line)
                 lines += 1
     return {"seconds": time.perf_counter() - start, "result": f"{lines} lines"}
@@ -278,6 +290,7 @@ def main() -> int:
             parser.error(f"--baseline {args.baseline}: no prodlens/ directory in it")
         contenders.insert(contenders.index("prodlens slice") + 1
                           if "prodlens slice" in contenders else len(contenders), BASELINE)
+    plain_contenders = [name for name in contenders if name != "GzipFile read"]
     header = (f"{'traces':>11} {'spans':>10} {'contender':<18} {'seconds':>8} {'spans/s':>10} "
               f"{'peak RSS':>9} {'vs floor':>8} {'vs duckdb':>9} {'vs chdb':>8}")
     rows: list[str] = []
@@ -289,7 +302,8 @@ def main() -> int:
             runs.append((size, ensure_gzip(directory), spans, " gz"))
     for size, directory, spans, label in runs:
         size_mb = sum(os.path.getsize(p) for p in _files(directory)) / 1e6
-        results = measure_all(contenders, directory, args.repeat, args.baseline)
+        names = contenders if label else plain_contenders
+        results = measure_all(names, directory, args.repeat, args.baseline)
         for name, outcome in results.items():
             seconds = outcome["seconds"]
 

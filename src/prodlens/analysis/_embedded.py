@@ -302,11 +302,14 @@ class EmbeddedAggregates(SignatureTable):
     def _record(self, resource: ResourceInfo, span: Span, error: bool) -> Unit | None:
         # The hot path past decoding: only candidate and wanted attributes are turned into text,
         # and the signature is built from interned ints on a copy of the resource's items.
-        start = int(span.startTimeUnixNano or 0)
-        if self._since is not None and start < self._since:
-            return None
-        if self._until is not None and start >= self._until:
-            return None
+        track = self._track
+        start = 0  # read only where it is used: a time window, or affected's first/last failure
+        if track or self._since is not None or self._until is not None:
+            start = int(span.startTimeUnixNano or 0)
+            if self._since is not None and start < self._since:
+                return None
+            if self._until is not None and start >= self._until:
+                return None
         resource_attributes = resource.texts
         name = str(span.name)
         raw = span.attributes
@@ -322,7 +325,6 @@ class EmbeddedAggregates(SignatureTable):
                     return None
         epoch = self._epoch
         roles = self._roles
-        track = self._track
         # span attributes override resource attributes of the same name, as ClickHouse's
         # mapUpdate(ResourceAttributes, SpanAttributes) does; span.name overrides both
         items = resource.items.copy()
@@ -421,14 +423,18 @@ class EmbeddedAggregates(SignatureTable):
                 self._rows_by_order[in_order] = (signature, row)
         self.units += 1
         row.units += 1
-        trace_hash = hash("" if trace is self._missing else str(trace))
         if track and customer:
             seen = self._requests.get(customer)
             if seen is None:
                 seen = self._requests[customer] = array("q")
-            seen.append(trace_hash)  # 8 bytes a unit; distinct traces are counted at the end
-        return Unit(signature, error, epoch, row, trace_hash, customer, start, operation,
-                    cohorts)
+            seen.append(self._trace_hash(trace))  # 8 bytes a unit; distinct traces are
+            # counted at the end
+        return Unit(signature, error, epoch, row, trace, customer, start, operation, cohorts)
+
+    def _trace_hash(self, trace: Any) -> int:
+        # what failed traces and a customer's requests are counted by: only failed units (and
+        # affected's units) need it, so it is not computed for every unit
+        return hash("" if trace is self._missing else str(trace))
 
     def _cohorts(self, resource: ResourceInfo, wanted: dict[str, str]) -> dict[str, str]:
         """A unit's cohort values as ClickHouse sees them: span attributes over the resource's,
@@ -458,7 +464,7 @@ class EmbeddedAggregates(SignatureTable):
         if not failed:
             return
         customer = unit.customer
-        trace = unit.trace
+        trace = self._trace_hash(unit.trace)
         self.failures += 1
         self._failed_traces.add(trace)
         row.failures += 1
@@ -470,13 +476,13 @@ class EmbeddedAggregates(SignatureTable):
                 row.customers = set()
             row.customers.add(customer)
             if self._track:
-                self._add_failure(customer, unit)
+                self._add_failure(customer, unit, trace)
 
-    def _add_failure(self, customer: str, unit: Unit) -> None:
+    def _add_failure(self, customer: str, unit: Unit, trace: int) -> None:
         detail = self._customers.get(customer)
         if detail is None:
             detail = self._customers[customer] = CustomerFailures(unit.start)
-        detail.failed_traces.add(unit.trace)
+        detail.failed_traces.add(trace)
         detail.first = min(detail.first, unit.start)
         detail.last = max(detail.last, unit.start)
         detail.operations.add(unit.operation)

@@ -17,7 +17,6 @@ pretty-printed output.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import os
 import re
 import sys
@@ -252,18 +251,38 @@ class _ProgressBar:
             sys.stderr.flush()
 
 
-def _open(path: str) -> IO[bytes]:
+def _open(path: str) -> tuple[IO[bytes], IO[bytes]]:
+    """``path`` opened for reading lines: (its lines' stream, the file itself).
+
+    A gzipped file (by its magic bytes, whatever its name) is inflated by ISA-L's igzip
+    (:class:`isal.igzip.IGzipFile`, the standard library's ``GzipFile`` with a 2.5x quicker
+    inflate): a file cut short gives every line before the cut, then ``EOFError``. The file's
+    position (``tell``) is how far the compressed input has been read.
+    """
     if path == "-":
-        return sys.stdin.buffer
+        return sys.stdin.buffer, sys.stdin.buffer
     try:
         stream: IO[bytes] = open(path, "rb", buffering=READ_BUFFER)  # noqa: SIM115 - closed by the caller
     except OSError as error:
         raise InputError(f"{path}: cannot read: {error.strerror or error}") from None
     if stream.read(2) == b"\x1f\x8b":
         stream.seek(0)
-        return cast("IO[bytes]", gzip.GzipFile(fileobj=stream, mode="rb"))
+        try:
+            from isal import igzip
+        except ImportError:
+            stream.close()
+            raise ImportError(_MISSING_EXTRA) from None
+        inflated = igzip.IGzipFile(fileobj=stream, mode="rb")  # type: ignore[no-untyped-call]
+        return cast("IO[bytes]", inflated), stream
     stream.seek(0)
-    return stream
+    return stream, stream
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """What reading a file's lines raises on damage (a gzip file cut short or corrupt)."""
+    isal_zlib = sys.modules.get("isal.isal_zlib")
+    errors: tuple[type[BaseException], ...] = (EOFError, OSError, zlib.error)
+    return (*errors, isal_zlib.error) if isal_zlib is not None else errors
 
 
 def _salvage(line: bytes, decode: Callable[[bytes], ExportRequest]
@@ -341,8 +360,8 @@ def read_requests(
     try:
         for path in files:
             name = "<stdin>" if path == "-" else path
-            stream = _open(path)
-            raw = getattr(stream, "fileobj", None) or stream
+            stream, raw = _open(path)
+            read_errors = _read_errors()
             number = 0
             skipped = 0
             content_lines = 0
@@ -355,7 +374,7 @@ def read_requests(
                         if len(line) > max_line_bytes and not line.endswith(b"\n"):
                             skipped = len(line) + _skip_rest_of_line(stream)
                             line = b""
-                    except (EOFError, OSError, zlib.error) as error:
+                    except read_errors as error:
                         progress.bad_line(f"{name}:{number + 1}", f"unreadable data ({error})")
                         break
                     if not line:

@@ -17,9 +17,10 @@ class Unit:
         error: Its own root span failed (ERROR, or 5xx under ``failure=root``).
         epoch: The table's epoch when the signature was made (see :mod:`._table`).
         row: The row it was counted in.
-        trace: Hash of its trace id (failed traces are counted by it).
+        trace: Its trace id as decoded (failed traces are counted by its hash).
         customer: The customer, or ``""``.
-        start: Start time (Unix nanoseconds).
+        start: Start time (Unix nanoseconds), or 0 where nothing reads it (``slice`` with no
+            time window).
         operation: Route or span name (``affected`` only).
         cohorts: Cohort attribute -> value (``affected`` only; read whatever the table keeps).
     """
@@ -27,7 +28,7 @@ class Unit:
     __slots__ = ("cohorts", "customer", "epoch", "error", "operation", "row", "signature",
                  "start", "trace")
 
-    def __init__(self, signature: Signature, error: bool, epoch: int, row: Row, trace: int,
+    def __init__(self, signature: Signature, error: bool, epoch: int, row: Row, trace: object,
                  customer: str, start: int, operation: str, cohorts: dict[str, str] | None
                  ) -> None:
         self.signature = signature

@@ -374,12 +374,8 @@ class EmbeddedAggregates(SignatureTable):
                 if attribute_name in PSEUDONYM_KEYS:
                     self.pseudonymised = True
                 break
-        operation = ""
-        cohorts = None
-        if track:
-            operation = (wanted.get(ROUTE_ATTRIBUTE) or resource_attributes.get(ROUTE_ATTRIBUTE)
-                         or name)
-            cohorts = self._cohorts(resource, wanted)
+        # what affected lists of a failure, worked out only if the unit fails (_add_failure)
+        listed = (resource, wanted, name) if track else None
         try:
             values = roles[SPAN_NAME_ATTRIBUTE]
         except KeyError:
@@ -429,7 +425,7 @@ class EmbeddedAggregates(SignatureTable):
                 seen = self._requests[customer] = array("q")
             seen.append(self._trace_hash(trace))  # 8 bytes a unit; distinct traces are
             # counted at the end
-        return Unit(signature, error, epoch, row, trace, customer, start, operation, cohorts)
+        return Unit(signature, error, epoch, row, trace, customer, start, listed)
 
     def _trace_hash(self, trace: Any) -> int:
         # what failed traces and a customer's requests are counted by: only failed units (and
@@ -485,8 +481,12 @@ class EmbeddedAggregates(SignatureTable):
         detail.failed_traces.add(trace)
         detail.first = min(detail.first, unit.start)
         detail.last = max(detail.last, unit.start)
-        detail.operations.add(unit.operation)
-        for key, value in (unit.cohorts or {}).items():
+        if unit.listed is None:
+            return
+        resource, wanted, name = unit.listed
+        detail.operations.add(wanted.get(ROUTE_ATTRIBUTE)
+                              or resource.texts.get(ROUTE_ATTRIBUTE) or name)
+        for key, value in self._cohorts(resource, wanted).items():
             detail.cohorts.setdefault(key, set()).add(value)
 
     def _drop(self, too_many: set[str]) -> None:

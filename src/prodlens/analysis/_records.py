@@ -21,16 +21,16 @@ class Unit:
         customer: The customer, or ``""``.
         start: Start time (Unix nanoseconds), or 0 where nothing reads it (``slice`` with no
             time window).
-        operation: Route or span name (``affected`` only).
-        cohorts: Cohort attribute -> value (``affected`` only; read whatever the table keeps).
+        listed: ``affected`` only: its resource, the text of its wanted span attributes and
+            its span name, from which a failure's route (or name) and cohorts are listed (for
+            a unit that fails: most do not).
     """
 
-    __slots__ = ("cohorts", "customer", "epoch", "error", "operation", "row", "signature",
-                 "start", "trace")
+    __slots__ = ("customer", "epoch", "error", "listed", "row", "signature", "start", "trace")
 
     def __init__(self, signature: Signature, error: bool, epoch: int, row: Row, trace: object,
-                 customer: str, start: int, operation: str, cohorts: dict[str, str] | None
-                 ) -> None:
+                 customer: str, start: int,
+                 listed: tuple[ResourceInfo, dict[str, str], str] | None) -> None:
         self.signature = signature
         self.error = error
         self.epoch = epoch
@@ -38,8 +38,7 @@ class Unit:
         self.trace = trace
         self.customer = customer
         self.start = start
-        self.operation = operation
-        self.cohorts = cohorts
+        self.listed = listed
 
 
 class ResourceInfo:

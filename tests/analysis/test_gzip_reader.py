@@ -80,3 +80,13 @@ def test_slice_of_a_gzipped_export_equals_the_plain_one(tmp_path: Path) -> None:
     assert zipped.input.spans == plain.input.spans == truth.spans
     assert zipped.verdict() == plain.verdict()
     assert zipped.findings == plain.findings
+
+
+def test_a_bad_deflate_block_is_reported_not_raised(tmp_path: Path) -> None:
+    packed = bytearray(gzip.compress(LINES))
+    packed[10] ^= 0xFF  # the first deflate block's header, right after gzip's own
+    path = tmp_path / "bad-block.jsonl.gz"
+    path.write_bytes(bytes(packed))
+    report = slice_failures([path])  # ISA-L's own error type, caught like zlib's
+    assert report.input.malformed == 1
+    assert "unreadable data" in report.input.malformed_examples[0]

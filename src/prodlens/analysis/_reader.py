@@ -255,9 +255,10 @@ def _open(path: str) -> tuple[IO[bytes], IO[bytes]]:
     """``path`` opened for reading lines: (its lines' stream, the file itself).
 
     A gzipped file (by its magic bytes, whatever its name) is inflated by ISA-L's igzip
-    (:class:`isal.igzip.IGzipFile`, the standard library's ``GzipFile`` with a 2.5x quicker
-    inflate): a file cut short gives every line before the cut, then ``EOFError``. The file's
-    position (``tell``) is how far the compressed input has been read.
+    (:class:`isal.igzip.IGzipFile`: the standard library's ``GzipFile``, inflating about twice
+    as fast; ``bench/bench_analysis.py``'s read floors): a file cut short gives every line
+    before the cut, then ``EOFError``. The file's position (``tell``) is how far the compressed
+    input has been read.
     """
     if path == "-":
         return sys.stdin.buffer, sys.stdin.buffer

@@ -423,8 +423,8 @@ class EmbeddedAggregates(SignatureTable):
             seen = self._requests.get(customer)
             if seen is None:
                 seen = self._requests[customer] = array("q")
-            seen.append(self._trace_hash(trace))  # 8 bytes a unit; distinct traces are
-            # counted at the end
+            # 8 bytes a unit; distinct traces are counted at the end
+            seen.append(self._trace_hash(trace))
         return Unit(signature, error, epoch, row, trace, customer, start, listed)
 
     def _trace_hash(self, trace: Any) -> int:

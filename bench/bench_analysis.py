@@ -3,7 +3,7 @@
 Contenders, each measured in its own subprocess so that peak memory (ru_maxrss) is honest:
 
 * ``read floor``: read every line as the engine does and do nothing else (on gzipped files: the
-  cost of decompressing, which the reader does on a second thread);
+  cost of inflating them with ISA-L's igzip, on the reading thread, as the reader does);
 * ``GzipFile read``: the same through the standard library's :class:`gzip.GzipFile` on the
   reading thread, as the reader did before (gzipped files only);
 * ``orjson floor``: parse every line with orjson and do nothing else (the issue's floor);
@@ -18,9 +18,8 @@ Contenders, each measured in its own subprocess so that peak memory (ru_maxrss) 
   (``SRC/prodlens``), e.g. a copy taken before a change, for a before/after in one run.
 
 The floors read lines the way the engine does (``prodlens.analysis._reader._open``: a 1 MiB
-buffer, as one line is one export request of hundreds of KB; gzip inflated by ISA-L on a second
-thread),
-so a ratio to a floor measures the work past reading and parsing.
+buffer, as one line is one export request of hundreds of KB; gzip inflated by ISA-L's igzip), so
+a ratio to a floor measures the work past reading and parsing.
 
 Data: synthetic exports written through the real SDK by ``prodlens.analysis.synthetic``
 (cached under ``--data-dir``). Run::
